@@ -1,0 +1,244 @@
+"""The car's configuration: one TOML file, validated into frozen models.
+
+Every field has a default and a unit in its name. `load_config` raises `ConfigError` with one line that
+names the file, the dotted key and what is wrong; the service exits with code 2 on it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message is one line naming the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CameraConfig(_Section):
+    """Where frames come from and how the camera sits on the car."""
+
+    source: str = Field(
+        default="",
+        description="video file, folder of stills, /dev/videoN, rtsp://..., or a GStreamer pipeline ending in appsink",
+    )
+    calibration_file: str = Field(default="calibration/default-roof-1080p.toml", description="camera calibration TOML")
+    max_fps: float = Field(default=0.0, ge=0, description="live: read at most this many frames a second (0: all)")
+    watchdog_timeout_s: float = Field(default=5.0, gt=0, description="no frame for this long: reopen the source")
+    reopen_backoff_max_s: float = Field(default=30.0, gt=0, description="longest wait between reopen attempts")
+    stills_interval_s: float = Field(
+        default=1.0, gt=0, description="folder of stills without timestamps: assumed time between images"
+    )
+
+
+class GpsConfig(_Section):
+    """Where poses come from."""
+
+    source: str = Field(default="gpsd", description="'gpsd' (live), or an NMEA / gpsd-JSON log file to replay")
+    gpsd_host: str = "127.0.0.1"
+    gpsd_port: int = Field(default=2947, ge=1, le=65535)
+    max_fix_age_s: float = Field(default=3.0, gt=0, description="a fix older than this at a frame counts as no fix")
+    stopped_speed_mps: float = Field(default=1.0, ge=0, description="below this speed the heading is held")
+    max_interpolation_gap_s: float = Field(default=5.0, gt=0, description="never interpolate across a larger gap")
+    no_fix_policy: Literal["hold", "flag"] = Field(
+        default="hold",
+        description="'hold': sightings without a valid fix are not located (dropped and counted); "
+        "'flag': they are placed at the last good fix with location.fix_mode showing the loss",
+    )
+    time_offset_s: float = Field(default=0.0, description="replay: added to video time to align it with GPS time")
+
+
+class DetectorConfig(_Section):
+    """The ONNX model and how it runs."""
+
+    model_file: str = Field(default="models/patrol-yolo11n.onnx")
+    score_threshold: float = Field(default=0.25, ge=0, le=1)
+    iou_threshold: float = Field(default=0.5, gt=0, le=1, description="class-aware NMS IoU")
+    max_detections: int = Field(default=100, ge=1)
+    providers: list[Literal["tensorrt", "cuda", "cpu"]] = Field(
+        default_factory=lambda: ["tensorrt", "cuda", "cpu"],
+        description="execution providers in order of preference; unavailable ones are skipped",
+    )
+    intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads (0: its default)")
+    tensorrt_fp16: bool = True
+    tensorrt_cache_dir: str = Field(default="", description="engine cache; empty: <data_dir>/trt-cache")
+    categories_file: str = Field(default="models/categories.yaml")
+    class_map: dict[str, str] = Field(
+        default_factory=dict, description="model class name -> category name, where they differ"
+    )
+
+
+class ObjectDetectorConfig(DetectorConfig):
+    """Optional general-object model (COCO) whose classes become rule candidates."""
+
+    enabled: bool = False
+    model_file: str = Field(default="", description="e.g. the converted Yolo-Fastest ONNX (not shipped)")
+    score_threshold: float = Field(default=0.3, ge=0, le=1)
+
+
+class LocationConfig(_Section):
+    """Casting boxes onto the ground."""
+
+    max_range_m: float = Field(default=40.0, gt=0, description="ground hits farther than this are not trusted")
+    min_range_m: float = Field(default=1.0, ge=0)
+
+
+class DedupConfig(_Section):
+    """Merging repeat sightings into objects."""
+
+    suppress_s: float = Field(default=86400.0, ge=0, description="after publishing, stay silent this long")
+    candidate_ttl_s: float = Field(
+        default=120.0, gt=0, description="an unconfirmed object not seen for this long is forgotten"
+    )
+    radius_m: dict[str, float] = Field(default_factory=dict, description="per-category override of radius_m")
+    min_frames: dict[str, int] = Field(default_factory=dict, description="per-category override")
+    min_median_score: dict[str, float] = Field(default_factory=dict, description="per-category override")
+
+
+class TlsConfig(_Section):
+    """TLS to the broker."""
+
+    enabled: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    insecure_skip_verify: bool = Field(default=False, description="never in production: skip hostname check")
+
+
+class MqttConfig(_Section):
+    """Delivery to the command centre."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    client_id: str = Field(default="", description="empty: patrol-<vehicle_id>")
+    username: str = ""
+    password: str = Field(default="", description="prefer password_file; '${ENV}' reads an environment variable")
+    password_file: str = Field(default="", description="file whose first line is the password")
+    keepalive_s: int = Field(default=30, ge=5, le=65535)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    status_interval_s: float = Field(default=10.0, gt=0)
+    max_messages_per_s: float = Field(default=20.0, gt=0, description="publish rate cap (no flood on reconnect)")
+    max_inflight: int = Field(default=10, ge=1, le=65535)
+    ack_timeout_s: float = Field(default=30.0, gt=0, description="no PUBACK for this long: resend")
+    publish_snapshots: bool = True
+    tls: TlsConfig = TlsConfig()
+
+    @model_validator(mode="after")
+    def _password_needs_user(self) -> MqttConfig:
+        if (self.password or self.password_file) and not self.username:
+            raise ValueError("password given without a username")
+        return self
+
+
+class OutboxConfig(_Section):
+    """The durable queue between event making and MQTT."""
+
+    max_bytes: int = Field(default=2_000_000_000, ge=100_000, description="outbox size cap; photos evicted first")
+
+
+class PhotoConfig(_Section):
+    """Evidence photos."""
+
+    jpeg_quality: int = Field(default=85, ge=10, le=100)
+    max_width_px: int = Field(default=1920, ge=160, description="photos wider than this are scaled down")
+
+
+class OutputConfig(_Section):
+    """Extra sinks."""
+
+    jsonl_file: str = Field(default="", description="also append every event to this JSON-lines file")
+
+
+class RuntimeConfig(_Section):
+    """Threads and queues."""
+
+    frame_queue_size: int = Field(default=4, ge=1, le=256)
+    result_queue_size: int = Field(default=16, ge=1, le=1024)
+
+
+class Config(_Section):
+    """The whole configuration file."""
+
+    vehicle_id: str = Field(default="car-001", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    data_dir: str = Field(default="var/patrol", description="outbox, dedup index and photos live here")
+    camera: CameraConfig = CameraConfig()
+    gps: GpsConfig = GpsConfig()
+    detector: DetectorConfig = DetectorConfig()
+    object_detector: ObjectDetectorConfig = ObjectDetectorConfig()
+    location: LocationConfig = LocationConfig()
+    dedup: DedupConfig = DedupConfig()
+    mqtt: MqttConfig = MqttConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    photo: PhotoConfig = PhotoConfig()
+    output: OutputConfig = OutputConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    rules: dict = Field(default_factory=dict, description="rule settings (zones, stationary test); see rules.py")
+
+    @field_validator("vehicle_id")
+    @classmethod
+    def _no_wildcards(cls, v: str) -> str:
+        if any(ch in v for ch in "+#/"):
+            raise ValueError("must not contain MQTT wildcards or '/'")
+        return v
+
+
+def resolve_path(value: str, base: Path) -> Path:
+    """A path from the config: absolute as given, relative ones against ``base`` (the config's folder)."""
+    p = Path(os.path.expandvars(os.path.expanduser(value)))
+    if p.is_absolute():
+        return p
+    candidate = base / p
+    if candidate.exists() or not (REPO_ROOT / p).exists():
+        return candidate
+    return REPO_ROOT / p  # shipped files (models/, calibration/) are found from the repo too
+
+
+def _format_error(path: str, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (misspelt?)"
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) or err["type"] in ("extra_forbidden", "missing") else f" (got {value!r})"
+    more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
+    return f"{path}: {loc or '<top>'}: {msg}{shown}{more}"
+
+
+def parse_config(text: str, origin: str = "<config>") -> Config:
+    """Validate TOML text; raise `ConfigError` with one line naming the key."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{origin}: not valid TOML: {exc}") from None
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(origin, exc)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; raise `ConfigError` with one line naming the file and key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    return parse_config(text, str(path))
