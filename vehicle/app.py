@@ -1,0 +1,296 @@
+"""Builds a run from the config and the command line: live (`run`), `replay`, `record`, `check-config`.
+
+Every user-facing failure is raised as one of `INPUT_ERRORS` with a one-line message; `vehicle.cli` prints it
+and exits non-zero (2 for configuration errors), never with a traceback. Nothing already queued in the
+outbox is touched by a failed start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import signal
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from vehicle.categories import Taxonomy, TaxonomyError
+from vehicle.config import Config, ConfigError, load_config, resolve_path
+from vehicle.dedup import DedupIndex, policy_from_taxonomy
+from vehicle.detection_log import DetectionLogError, DetectionLogWriter, read_detection_log
+from vehicle.detector import ModelError, OnnxDetector
+from vehicle.drive import Drive, DriveError, open_drive, utc_iso
+from vehicle.events import ModelRef, Status, StatusState, status_topic
+from vehicle.frames import FrameSourceError, open_source
+from vehicle.geometry import CalibrationError, CameraCalibration
+from vehicle.gps import GnssClock, GpsdReader, GpsLogError, PoseTrack, load_track
+from vehicle.mqtt import BrokerSettings, Publisher
+from vehicle.outbox import Outbox, OutboxError
+from vehicle.pipeline import ModelStage, Pipeline, PipelineParts, RunCounters, summary_line
+from vehicle.service import SystemdNotifier
+
+log = logging.getLogger(__name__)
+
+INPUT_ERRORS = (ConfigError, TaxonomyError, ModelError, FrameSourceError, DriveError, GpsLogError, CalibrationError,
+                DetectionLogError, OutboxError)
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """What `patrol replay` was asked to do."""
+
+    drive_dir: Path
+    config_file: Path | None = None
+    realtime: bool = False
+    out: str = ""  # JSON-lines file of events, '-' for stdout
+    save_detections: Path | None = None
+    detections: Path | None = None
+    state_dir: Path | None = None  # keep dedup + outbox here (resumable); default: a fresh folder
+    no_mqtt: bool = False
+    flush_timeout_s: float = 30.0
+
+
+def _load(config_file: Path | None) -> tuple[Config, Path]:
+    if config_file is None:
+        return Config(), Path.cwd()
+    return load_config(config_file), config_file.resolve().parent
+
+
+def _detectors(
+    cfg: Config, base: Path, data_dir: Path, taxonomy: Taxonomy
+) -> tuple[ModelStage, ModelRef, list[str]]:
+    d = cfg.detector
+    trt_cache = resolve_path(d.tensorrt_cache_dir, base) if d.tensorrt_cache_dir else data_dir / "trt-cache"
+    detector = OnnxDetector(resolve_path(d.model_file, base), d.score_threshold, d.iou_threshold, d.max_detections,
+                            d.providers, d.intra_op_threads, d.tensorrt_fp16, trt_cache)
+    class_map = {n: d.class_map.get(n, n) for n in detector.names}
+    class_map = {k: v for k, v in class_map.items() if taxonomy.get(v) is not None}
+    covered = sorted(set(class_map.values()) & set(detector.covered or class_map.values()),
+                     key=lambda n: taxonomy[n].id)
+    obj = None
+    obj_map: dict[str, str] = {}
+    if cfg.object_detector.enabled:
+        o = cfg.object_detector
+        if not o.model_file:
+            raise ConfigError("object_detector.model_file: required when object_detector.enabled = true")
+        obj = OnnxDetector(resolve_path(o.model_file, base), o.score_threshold, o.iou_threshold, o.max_detections,
+                           o.providers, o.intra_op_threads, o.tensorrt_fp16, data_dir / "trt-cache")
+        obj_map = {k: v for k, v in taxonomy.object_class_map().items() if k in obj.names}
+        covered = sorted(set(covered) | set(obj_map.values()), key=lambda n: taxonomy[n].id)
+    ref = ModelRef(name=detector.name, sha256=detector.sha256)
+    return ModelStage(detector, class_map, obj, obj_map), ref, covered
+
+
+def _rules(cfg: Config, base: Path, taxonomy: Taxonomy, conn):
+    """The rule engine for object-proxy categories, when the config asks for one."""
+    if not cfg.object_detector.enabled:
+        return None, frozenset()
+    from vehicle.rules import RuleEngine, rules_from_config  # only cars that run the object model need it
+
+    settings = rules_from_config(cfg.rules, base, taxonomy)
+    return RuleEngine(conn, settings, taxonomy), settings.warning_categories
+
+
+def _state(cfg: Config, base: Path, taxonomy: Taxonomy, state_dir: Path) -> tuple[Outbox, DedupIndex]:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    outbox = Outbox(state_dir / "state.sqlite", cfg.outbox.max_bytes)
+    dedup = DedupIndex(outbox.connection, policy_from_taxonomy(taxonomy, cfg.dedup))
+    return outbox, dedup
+
+
+def _publisher(cfg: Config, base: Path, outbox_path: Path) -> Publisher:
+    settings = BrokerSettings.from_config(cfg.mqtt, cfg.vehicle_id, base)
+    offline = Status(vehicle_id=cfg.vehicle_id, state=StatusState.offline, time=utc_iso(time.time())).to_json()
+    pub = Publisher(settings, outbox_path, status_topic(cfg.vehicle_id), offline)
+    pub.start()
+    return pub
+
+
+def replay(opts: ReplayOptions) -> RunCounters:
+    """Replay a recorded drive through the whole pipeline; returns the run's counters."""
+    drive: Drive = open_drive(opts.drive_dir)
+    cfg, base = _load(opts.config_file)
+    taxonomy = Taxonomy.load(resolve_path(cfg.detector.categories_file, base))
+    calib_file = drive.calibration_file or resolve_path(cfg.camera.calibration_file, base)
+    calibration = CameraCalibration.load(calib_file)
+    if drive.gps_file is None:
+        raise DriveError(f"{drive.root}: the drive has no GPS log (manifest 'gps')")
+    g = cfg.gps
+    track = load_track(drive.gps_file, max_fix_age_s=g.max_fix_age_s, stopped_speed_mps=g.stopped_speed_mps,
+                       max_gap_s=g.max_interpolation_gap_s)
+    state_dir = opts.state_dir or Path(cfg.data_dir if Path(cfg.data_dir).is_absolute() else base / cfg.data_dir) / (
+        f"replay-{drive.root.name}-{time.strftime('%Y%m%dT%H%M%S')}")
+    if opts.state_dir is None and state_dir.exists():
+        shutil.rmtree(state_dir)
+    with ExitStack() as stack:
+        if opts.detections is not None:
+            model, cached = read_detection_log(opts.detections)
+            stage, ref, covered = None, ModelRef(name=str(model.get("name", "cached")),
+                                                 sha256=str(model.get("sha256", "0" * 64))), taxonomy.names
+        else:
+            cached = None
+            stage, ref, covered = _detectors(cfg, base, state_dir, taxonomy)
+        frames = drive.frames() if (drive.segments or drive.stills) else None
+        outbox, dedup = _state(cfg, base, taxonomy, state_dir)
+        stack.callback(outbox.close)
+        rules, warning = _rules(cfg, base, taxonomy, outbox.connection)
+        publisher = None
+        if cfg.mqtt.enabled and not opts.no_mqtt:
+            publisher = _publisher(cfg, base, outbox.path)
+        events_out = None
+        if opts.out == "-":
+            events_out = sys.stdout
+        elif opts.out:
+            events_out = stack.enter_context(open(opts.out, "a", encoding="utf-8"))
+        det_out = None
+        if opts.save_detections is not None:
+            det_out = DetectionLogWriter(opts.save_detections, {"name": ref.name, "sha256": ref.sha256})
+            stack.callback(det_out.close)
+        parts = PipelineParts(
+            vehicle_id=cfg.vehicle_id, frames=frames, detect=stage, cached=cached, pose_at=track.pose_at,
+            calibration=calibration, dedup=dedup, outbox=outbox, model_ref=ref, photos_dir=state_dir / "photos",
+            min_range_m=cfg.location.min_range_m, max_range_m=cfg.location.max_range_m,
+            no_fix_policy=g.no_fix_policy, jpeg_quality=cfg.photo.jpeg_quality,
+            photo_max_width_px=cfg.photo.max_width_px, publish_snapshots=cfg.mqtt.publish_snapshots,
+            frame_queue_size=cfg.runtime.frame_queue_size, result_queue_size=cfg.runtime.result_queue_size,
+            realtime=opts.realtime, rules=rules, warning_categories=warning, events_out=events_out,
+            detections_out=det_out, on_events=publisher.wake if publisher else None,
+        )
+        pipeline = Pipeline(parts)
+        _stop_on_signals(parts.stop)
+        counters = pipeline.run()
+        if publisher is not None:
+            if not publisher.flush(opts.flush_timeout_s):
+                log.warning("broker did not take every event within %.0f s: %d stay in the outbox %s",
+                            opts.flush_timeout_s, outbox.stats().depth, outbox.path)
+            publisher.stop()
+        print(f"replay {drive.root.name}: {summary_line(counters)} covered={','.join(covered)} state={state_dir}",
+              file=sys.stderr, flush=True)
+        return counters
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+
+def run_live(config_file: Path) -> int:
+    """The car's service: camera + gpsd until SIGTERM. Returns the exit code."""
+    cfg = load_config(config_file)
+    base = config_file.resolve().parent
+    notifier = SystemdNotifier()
+    taxonomy = Taxonomy.load(resolve_path(cfg.detector.categories_file, base))
+    calibration = CameraCalibration.load(resolve_path(cfg.camera.calibration_file, base))
+    data_dir = resolve_path(cfg.data_dir, base)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stage, ref, covered = _detectors(cfg, base, data_dir, taxonomy)
+    g = cfg.gps
+    clock = GnssClock()
+    if g.source == "gpsd":
+        track = PoseTrack(max_fix_age_s=g.max_fix_age_s, stopped_speed_mps=g.stopped_speed_mps,
+                          max_gap_s=g.max_interpolation_gap_s)
+        reader = GpsdReader(track, g.gpsd_host, g.gpsd_port, clock=clock)
+        reader.start()
+    else:
+        track = load_track(resolve_path(g.source, base), max_fix_age_s=g.max_fix_age_s,
+                           stopped_speed_mps=g.stopped_speed_mps, max_gap_s=g.max_interpolation_gap_s)
+        reader = None
+    if not cfg.camera.source:
+        raise ConfigError(f"{config_file}: camera.source: required for `patrol run`")
+
+    def utc_now(mono: float) -> float:
+        t = clock.utc_at(mono)
+        return t if t is not None else time.time()  # before the first fix: the system clock, flagged by no fix
+
+    source = open_source(resolve_source(cfg.camera.source, base), time.time(), cfg.camera.stills_interval_s,
+                         utc_now=utc_now, watchdog_timeout_s=cfg.camera.watchdog_timeout_s,
+                         reopen_backoff_max_s=cfg.camera.reopen_backoff_max_s, max_fps=cfg.camera.max_fps) \
+        if _is_live(cfg.camera.source) else open_source(str(resolve_path(cfg.camera.source, base)), time.time(),
+                                                        cfg.camera.stills_interval_s)
+    outbox, dedup = _state(cfg, base, taxonomy, data_dir)
+    rules, warning = _rules(cfg, base, taxonomy, outbox.connection)
+    publisher = _publisher(cfg, base, outbox.path) if cfg.mqtt.enabled else None
+    events_out = open(resolve_path(cfg.output.jsonl_file, base), "a", encoding="utf-8") \
+        if cfg.output.jsonl_file else None
+    last_status = [0.0]
+
+    def on_frame(counters: RunCounters) -> None:
+        notifier.watchdog()
+        now = time.monotonic()
+        if now - last_status[0] < cfg.mqtt.status_interval_s:
+            return
+        last_status[0] = now
+        sc = getattr(source, "counters", None)
+        pose = track.pose_at(utc_now(now))
+        status = pipeline.status(StatusState.online, pose, outbox.stats(), sc.dropped_frames if sc else 0,
+                                 sc.bad_frames if sc else 0, covered)
+        if publisher is not None:
+            publisher.publish_status(status.to_json())
+        notifier.status(f"frames={counters.frames} events={counters.events} outbox={status.outbox_depth}")
+
+    parts = PipelineParts(
+        vehicle_id=cfg.vehicle_id, frames=source, detect=stage, cached=None, pose_at=track.pose_at,
+        calibration=calibration, dedup=dedup, outbox=outbox, model_ref=ref, photos_dir=data_dir / "photos",
+        min_range_m=cfg.location.min_range_m, max_range_m=cfg.location.max_range_m, no_fix_policy=g.no_fix_policy,
+        jpeg_quality=cfg.photo.jpeg_quality, photo_max_width_px=cfg.photo.max_width_px,
+        publish_snapshots=cfg.mqtt.publish_snapshots, frame_queue_size=cfg.runtime.frame_queue_size,
+        result_queue_size=cfg.runtime.result_queue_size, rules=rules, warning_categories=warning,
+        events_out=events_out, on_events=publisher.wake if publisher else None, on_frame=on_frame,
+    )
+    pipeline = Pipeline(parts)
+    _stop_on_signals(parts.stop)
+    notifier.ready(f"vehicle {cfg.vehicle_id}: running")
+    try:
+        counters = pipeline.run()
+    finally:
+        notifier.stopping()
+        if hasattr(source, "close"):
+            source.close()
+        if reader is not None:
+            reader.stop()
+        if publisher is not None:
+            publisher.flush(5.0)
+            publisher.stop()
+        if events_out is not None:
+            events_out.close()
+        outbox.close()
+    print(f"run: {summary_line(counters)}", file=sys.stderr, flush=True)
+    return 0
+
+
+def _is_live(spec: str) -> bool:
+    return spec.startswith(("/dev/video", "rtsp://", "rtsps://", "http://", "https://")) or "!" in spec or \
+        spec.isdigit()
+
+
+def resolve_source(spec: str, base: Path) -> str:
+    """Live specs pass through; file paths resolve against the config's folder."""
+    return spec if _is_live(spec) else str(resolve_path(spec, base))
+
+
+def check_config(config_file: Path) -> str:
+    """Validate a config and the files it names, starting nothing; returns a one-line summary."""
+    cfg = load_config(config_file)
+    base = config_file.resolve().parent
+    taxonomy = Taxonomy.load(resolve_path(cfg.detector.categories_file, base))
+    policy_from_taxonomy(taxonomy, cfg.dedup)
+    CameraCalibration.load(resolve_path(cfg.camera.calibration_file, base))
+    model = resolve_path(cfg.detector.model_file, base)
+    if not model.is_file():
+        raise ConfigError(f"{config_file}: detector.model_file: {model} not found")
+    if cfg.object_detector.enabled:
+        om = resolve_path(cfg.object_detector.model_file, base)
+        if not cfg.object_detector.model_file or not om.is_file():
+            raise ConfigError(f"{config_file}: object_detector.model_file: {om} not found")
+        from vehicle.rules import rules_from_config
+
+        rules_from_config(cfg.rules, base, taxonomy)
+    if cfg.mqtt.password_file and not resolve_path(cfg.mqtt.password_file, base).is_file():
+        raise ConfigError(f"{config_file}: mqtt.password_file: {cfg.mqtt.password_file} not found")
+    return json.dumps({"config": str(config_file), "vehicle_id": cfg.vehicle_id, "ok": True})

@@ -1,0 +1,171 @@
+"""The recorded-drive format: a folder that `patrol record` writes and `patrol replay` reads.
+
+```
+DRIVE/
+  manifest.json        what is in the drive (below)
+  video/000000.mp4     video segments, in time order (or stills/ with timestamps.csv)
+  gps.nmea | gps.json  the GPS log: NMEA 0183 or gpsd JSON (`gpspipe -w`)
+  calibration.toml     the camera calibration used while recording
+  detections.jsonl     optional cached detections (`patrol replay --save-detections`)
+```
+``manifest.json``::
+
+    {"format": "patrol-drive", "version": 1, "vehicle_id": "car-001",
+     "video": [{"file": "video/000000.mp4", "start_utc": "2019-11-18T23:45:14Z"}],
+     "stills": null, "gps": "gps.nmea", "calibration": "calibration.toml",
+     "time_offset_s": 0.0, "source": "free text: where the drive came from"}
+
+``start_utc`` is the UTC time of the segment's first frame; a frame's time is that plus its presentation time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from vehicle.frames import Frame, FrameSourceError, StillsSource, VideoFileSource, parse_utc
+
+MANIFEST = "manifest.json"
+FORMAT = "patrol-drive"
+
+
+class DriveError(ValueError):
+    """A drive folder is missing or malformed; the message names the file and field."""
+
+
+@dataclass(frozen=True)
+class VideoSegment:
+    """One video file of a drive and the UTC time of its first frame."""
+
+    file: Path
+    start_utc: float
+
+
+@dataclass(frozen=True)
+class Drive:
+    """An opened drive folder."""
+
+    root: Path
+    vehicle_id: str
+    segments: tuple[VideoSegment, ...]
+    stills: Path | None
+    stills_start_utc: float
+    gps_file: Path | None
+    calibration_file: Path | None
+    detections_file: Path | None
+    time_offset_s: float
+    source: str
+
+    def frames(self) -> Iterator[Frame]:
+        """Every frame of the drive, in order, with continuous indices across segments."""
+        next_index = 0
+        if self.stills is not None:
+            yield from StillsSource(self.stills, self.stills_start_utc + self.time_offset_s)
+            return
+        for seg in self.segments:
+            src = VideoFileSource(seg.file, seg.start_utc + self.time_offset_s, first_index=next_index)
+            last = next_index - 1
+            for frame in src:
+                last = frame.index
+                yield frame
+            next_index = max(last + 1, next_index + src.frame_count)
+
+
+def utc_iso(t: float) -> str:
+    """POSIX seconds -> ISO 8601 UTC with 'Z' (millisecond precision)."""
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def open_drive(path: str | Path) -> Drive:
+    """Read and check a drive folder; raise `DriveError` naming what is wrong."""
+    root = Path(path)
+    mpath = root / MANIFEST
+    if not root.is_dir():
+        raise DriveError(f"{root}: drive folder not found")
+    if not mpath.is_file():
+        raise DriveError(f"{mpath}: manifest missing (not a drive folder?)")
+    try:
+        m = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DriveError(f"{mpath}: not valid JSON: {exc}") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise DriveError(f"{mpath}: format: expected {FORMAT!r}")
+    if m.get("version") != 1:
+        raise DriveError(f"{mpath}: version: unsupported {m.get('version')!r} (this software reads 1)")
+
+    def file_field(key: str) -> Path | None:
+        value = m.get(key)
+        if not value:
+            return None
+        p = root / value
+        if not p.exists():
+            raise DriveError(f"{mpath}: {key}: {p} not found")
+        return p
+
+    segments = []
+    for i, seg in enumerate(m.get("video") or []):
+        try:
+            f = root / seg["file"]
+            start = parse_utc(seg["start_utc"])
+        except (KeyError, TypeError) as exc:
+            raise DriveError(f"{mpath}: video[{i}]: missing {exc}") from None
+        except ValueError as exc:
+            raise DriveError(f"{mpath}: video[{i}].start_utc: {exc}") from None
+        if not f.is_file():
+            raise DriveError(f"{mpath}: video[{i}].file: {f} not found")
+        segments.append(VideoSegment(f, start))
+    stills = None
+    stills_start = 0.0
+    if m.get("stills"):
+        stills = root / m["stills"]["folder"]
+        stills_start = parse_utc(m["stills"].get("start_utc", "1970-01-01T00:00:00Z"))
+    detections = root / "detections.jsonl"
+    try:
+        offset = float(m.get("time_offset_s", 0.0))
+    except (TypeError, ValueError):
+        raise DriveError(f"{mpath}: time_offset_s: not a number") from None
+    return Drive(
+        root=root,
+        vehicle_id=str(m.get("vehicle_id", "")),
+        segments=tuple(segments),
+        stills=stills,
+        stills_start_utc=stills_start,
+        gps_file=file_field("gps"),
+        calibration_file=file_field("calibration"),
+        detections_file=detections if detections.is_file() else None,
+        time_offset_s=offset,
+        source=str(m.get("source", "")),
+    )
+
+
+def write_manifest(
+    root: Path,
+    segments: list[tuple[str, float]],
+    gps: str | None,
+    calibration: str | None,
+    vehicle_id: str = "",
+    source: str = "",
+    time_offset_s: float = 0.0,
+) -> Path:
+    """Write ``manifest.json`` for a drive folder; ``segments`` are (relative file, start UTC seconds)."""
+    doc = {
+        "format": FORMAT,
+        "version": 1,
+        "vehicle_id": vehicle_id,
+        "video": [{"file": f, "start_utc": utc_iso(t)} for f, t in segments],
+        "stills": None,
+        "gps": gps,
+        "calibration": calibration,
+        "time_offset_s": time_offset_s,
+        "source": source,
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / MANIFEST
+    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+__all__ = ["Drive", "DriveError", "FrameSourceError", "VideoSegment", "open_drive", "utc_iso", "write_manifest"]
