@@ -77,7 +77,9 @@ class VehiclePose(_Strict):
 
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
-    heading_deg: float | None = Field(default=None, ge=0, lt=360, description="course over ground, clockwise from north")
+    heading_deg: float | None = Field(
+        default=None, ge=0, lt=360, description="course over ground, clockwise from north"
+    )
     speed_mps: float | None = Field(default=None, ge=0)
 
 
