@@ -25,7 +25,7 @@ from vehicle.detection_log import DetectionLogError, DetectionLogWriter, read_de
 from vehicle.detector import ModelError, OnnxDetector
 from vehicle.drive import Drive, DriveError, open_drive, utc_iso
 from vehicle.events import ModelRef, Status, StatusState, status_topic
-from vehicle.frames import FrameSourceError, open_source
+from vehicle.frames import FrameSourceError, SourceCounters, open_source
 from vehicle.geometry import CalibrationError, CameraCalibration
 from vehicle.gps import GnssClock, GpsdReader, GpsLogError, PoseTrack, load_track
 from vehicle.mqtt import BrokerSettings, Publisher
@@ -110,6 +110,39 @@ def _publisher(cfg: Config, base: Path, outbox_path: Path) -> Publisher:
     return pub
 
 
+class StatusReporter:
+    """Called after every frame: pets the systemd watchdog and publishes the retained status periodically."""
+
+    def __init__(self, interval_s: float, publisher: Publisher | None, outbox: Outbox, covered: list[str],
+                 source_counters: SourceCounters | None, notifier: SystemdNotifier | None = None):
+        self.interval_s = interval_s
+        self.publisher, self.outbox, self.covered = publisher, outbox, covered
+        self.source_counters = source_counters
+        self.notifier = notifier
+        self.pipeline: Pipeline | None = None
+        self._last = -1e9
+
+    def status(self, state: StatusState = StatusState.online) -> Status:
+        """The status message for now."""
+        assert self.pipeline is not None
+        sc = self.source_counters
+        return self.pipeline.status(state, self.pipeline.last_pose, self.outbox.stats(),
+                                    sc.dropped_frames if sc else 0, sc.bad_frames if sc else 0, self.covered)
+
+    def __call__(self, counters: RunCounters) -> None:
+        if self.notifier is not None:
+            self.notifier.watchdog()
+        now = time.monotonic()
+        if now - self._last < self.interval_s or self.pipeline is None:
+            return
+        self._last = now
+        status = self.status()
+        if self.publisher is not None:
+            self.publisher.publish_status(status.to_json())
+        if self.notifier is not None:
+            self.notifier.status(f"frames={counters.frames} events={counters.events} outbox={status.outbox_depth}")
+
+
 def replay(opts: ReplayOptions) -> RunCounters:
     """Replay a recorded drive through the whole pipeline; returns the run's counters."""
     drive: Drive = open_drive(opts.drive_dir)
@@ -134,7 +167,8 @@ def replay(opts: ReplayOptions) -> RunCounters:
         else:
             cached = None
             stage, ref, covered = _detectors(cfg, base, state_dir, taxonomy)
-        frames = drive.frames() if (drive.segments or drive.stills) else None
+        source_counters = SourceCounters()
+        frames = drive.frames(source_counters) if (drive.segments or drive.stills) else None
         outbox, dedup = _state(cfg, base, taxonomy, state_dir)
         stack.callback(outbox.close)
         rules, warning = _rules(cfg, base, taxonomy, outbox.connection)
@@ -160,10 +194,14 @@ def replay(opts: ReplayOptions) -> RunCounters:
             realtime=opts.realtime, rules=rules, warning_categories=warning, events_out=events_out,
             detections_out=det_out, on_events=publisher.wake if publisher else None,
         )
+        reporter = StatusReporter(cfg.mqtt.status_interval_s, publisher, outbox, covered, source_counters)
+        parts.on_frame = reporter
         pipeline = Pipeline(parts)
+        reporter.pipeline = pipeline
         _stop_on_signals(parts.stop)
         counters = pipeline.run()
         if publisher is not None:
+            publisher.publish_status(reporter.status().to_json())
             if not publisher.flush(opts.flush_timeout_s):
                 log.warning("broker did not take every event within %.0f s: %d stay in the outbox %s",
                             opts.flush_timeout_s, outbox.stats().depth, outbox.path)
@@ -218,22 +256,8 @@ def run_live(config_file: Path) -> int:
     publisher = _publisher(cfg, base, outbox.path) if cfg.mqtt.enabled else None
     events_out = open(resolve_path(cfg.output.jsonl_file, base), "a", encoding="utf-8") \
         if cfg.output.jsonl_file else None
-    last_status = [0.0]
-
-    def on_frame(counters: RunCounters) -> None:
-        notifier.watchdog()
-        now = time.monotonic()
-        if now - last_status[0] < cfg.mqtt.status_interval_s:
-            return
-        last_status[0] = now
-        sc = getattr(source, "counters", None)
-        pose = track.pose_at(utc_now(now))
-        status = pipeline.status(StatusState.online, pose, outbox.stats(), sc.dropped_frames if sc else 0,
-                                 sc.bad_frames if sc else 0, covered)
-        if publisher is not None:
-            publisher.publish_status(status.to_json())
-        notifier.status(f"frames={counters.frames} events={counters.events} outbox={status.outbox_depth}")
-
+    reporter = StatusReporter(cfg.mqtt.status_interval_s, publisher, outbox, covered,
+                              getattr(source, "counters", None), notifier)
     parts = PipelineParts(
         vehicle_id=cfg.vehicle_id, frames=source, detect=stage, cached=None, pose_at=track.pose_at,
         calibration=calibration, dedup=dedup, outbox=outbox, model_ref=ref, photos_dir=data_dir / "photos",
@@ -241,9 +265,10 @@ def run_live(config_file: Path) -> int:
         jpeg_quality=cfg.photo.jpeg_quality, photo_max_width_px=cfg.photo.max_width_px,
         publish_snapshots=cfg.mqtt.publish_snapshots, frame_queue_size=cfg.runtime.frame_queue_size,
         result_queue_size=cfg.runtime.result_queue_size, rules=rules, warning_categories=warning,
-        events_out=events_out, on_events=publisher.wake if publisher else None, on_frame=on_frame,
+        events_out=events_out, on_events=publisher.wake if publisher else None, on_frame=reporter,
     )
     pipeline = Pipeline(parts)
+    reporter.pipeline = pipeline
     _stop_on_signals(parts.stop)
     notifier.ready(f"vehicle {cfg.vehicle_id}: running")
     try:

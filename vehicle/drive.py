@@ -15,7 +15,9 @@ DRIVE/
      "stills": null, "gps": "gps.nmea", "calibration": "calibration.toml",
      "time_offset_s": 0.0, "source": "free text: where the drive came from"}
 
-``start_utc`` is the UTC time of the segment's first frame; a frame's time is that plus its presentation time.
+``start_utc`` is the UTC time of the segment's first frame; a frame's time is that plus its presentation time,
+unless the segment names a ``frame_times`` CSV (``frame,utc`` per frame, as `patrol record` writes): live
+cameras do not deliver frames at an exact rate, so recorded drives keep each frame's own capture time.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from vehicle.frames import Frame, FrameSourceError, StillsSource, VideoFileSource, parse_utc
+from vehicle.frames import Frame, FrameSourceError, SourceCounters, StillsSource, VideoFileSource, parse_utc
 
 MANIFEST = "manifest.json"
 FORMAT = "patrol-drive"
@@ -42,6 +44,7 @@ class VideoSegment:
 
     file: Path
     start_utc: float
+    frame_times_utc: tuple[float, ...] | None = None  # from the segment's optional ``frame_times`` CSV
 
 
 @dataclass(frozen=True)
@@ -59,19 +62,40 @@ class Drive:
     time_offset_s: float
     source: str
 
-    def frames(self) -> Iterator[Frame]:
-        """Every frame of the drive, in order, with continuous indices across segments."""
+    def frames(self, counters: SourceCounters | None = None) -> Iterator[Frame]:
+        """Every frame of the drive, in order, with continuous indices across segments.
+
+        ``counters`` (optional) accumulates decoded and undecodable frames over all segments.
+        """
         next_index = 0
         if self.stills is not None:
-            yield from StillsSource(self.stills, self.stills_start_utc + self.time_offset_s)
+            yield from StillsSource(self.stills, self.stills_start_utc + self.time_offset_s, counters=counters)
             return
         for seg in self.segments:
-            src = VideoFileSource(seg.file, seg.start_utc + self.time_offset_s, first_index=next_index)
+            times = None if seg.frame_times_utc is None else [t + self.time_offset_s for t in seg.frame_times_utc]
+            src = VideoFileSource(seg.file, seg.start_utc + self.time_offset_s, first_index=next_index,
+                                  counters=counters, frame_times_utc=times)
             last = next_index - 1
             for frame in src:
                 last = frame.index
                 yield frame
             next_index = max(last + 1, next_index + src.frame_count)
+
+
+def _read_frame_times(path: Path, where: str) -> tuple[float, ...]:
+    """A segment's ``frame,utc`` CSV (one row per frame written) as POSIX seconds."""
+    if not path.is_file():
+        raise DriveError(f"{where}: {path} not found")
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if lineno == 1 and line.startswith("frame"):
+                continue
+            try:
+                out.append(parse_utc(line.rstrip("\n").split(",")[1]))
+            except (IndexError, ValueError) as exc:
+                raise DriveError(f"{path}:{lineno}: bad frame time ({exc})") from None
+    return tuple(out)
 
 
 def utc_iso(t: float) -> str:
@@ -116,7 +140,10 @@ def open_drive(path: str | Path) -> Drive:
             raise DriveError(f"{mpath}: video[{i}].start_utc: {exc}") from None
         if not f.is_file():
             raise DriveError(f"{mpath}: video[{i}].file: {f} not found")
-        segments.append(VideoSegment(f, start))
+        times = None
+        if seg.get("frame_times"):
+            times = _read_frame_times(root / seg["frame_times"], f"{mpath}: video[{i}].frame_times")
+        segments.append(VideoSegment(f, start, times))
     stills = None
     stills_start = 0.0
     if m.get("stills"):
@@ -143,7 +170,7 @@ def open_drive(path: str | Path) -> Drive:
 
 def write_manifest(
     root: Path,
-    segments: list[tuple[str, float]],
+    segments: list[tuple[str, float]] | list[dict],
     gps: str | None,
     calibration: str | None,
     vehicle_id: str = "",
@@ -155,7 +182,7 @@ def write_manifest(
         "format": FORMAT,
         "version": 1,
         "vehicle_id": vehicle_id,
-        "video": [{"file": f, "start_utc": utc_iso(t)} for f, t in segments],
+        "video": [s if isinstance(s, dict) else {"file": s[0], "start_utc": utc_iso(s[1])} for s in segments],
         "stills": None,
         "gps": gps,
         "calibration": calibration,

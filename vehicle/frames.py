@@ -65,14 +65,17 @@ class VideoFileSource:
     Frames that fail to decode are skipped and counted; the file is read to its end.
     """
 
-    def __init__(self, path: str | Path, start_utc: float, first_index: int = 0, max_bad_in_row: int = 50):
+    def __init__(self, path: str | Path, start_utc: float, first_index: int = 0, max_bad_in_row: int = 50,
+                 counters: SourceCounters | None = None, frame_times_utc: list[float] | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise FrameSourceError(f"{self.path}: video file not found")
         self.start_utc = start_utc
         self.first_index = first_index
         self.max_bad_in_row = max_bad_in_row
-        self.counters = SourceCounters()
+        self.counters = counters if counters is not None else SourceCounters()
+        # Recorded drives keep each frame's capture time (live cameras do not run at an exact rate).
+        self.frame_times_utc = frame_times_utc
         cap = cv2.VideoCapture(str(self.path))
         if not cap.isOpened():
             raise FrameSourceError(f"{self.path}: cannot open video (unreadable or unsupported format)")
@@ -112,11 +115,14 @@ class VideoFileSource:
                 t_video = msec / 1000.0 if msec and msec > 0 else pos / fps
                 if pos == 0:
                     t_video = 0.0
+                t_utc = self.start_utc + t_video
+                if self.frame_times_utc is not None and pos < len(self.frame_times_utc):
+                    t_utc = self.frame_times_utc[pos]
                 self.counters.frames += 1
                 h, w = image.shape[:2]
                 yield Frame(
                     index=self.first_index + pos,
-                    time_utc=self.start_utc + t_video,
+                    time_utc=t_utc,
                     mono=time.monotonic(),
                     image=image,
                     size_wh=(w, h),
@@ -139,11 +145,12 @@ class StillsSource:
 
     is_live = False
 
-    def __init__(self, folder: str | Path, start_utc: float = 0.0, interval_s: float = 1.0):
+    def __init__(self, folder: str | Path, start_utc: float = 0.0, interval_s: float = 1.0,
+                 counters: SourceCounters | None = None):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise FrameSourceError(f"{self.folder}: folder of stills not found")
-        self.counters = SourceCounters()
+        self.counters = counters if counters is not None else SourceCounters()
         stamps = self.folder / "timestamps.csv"
         items: list[tuple[Path, float]] = []
         if stamps.is_file():

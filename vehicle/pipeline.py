@@ -188,6 +188,7 @@ class Pipeline:
         self.counters = RunCounters()
         self._calib_by_size: dict[tuple[int, int], CameraCalibration] = {}
         self._last_good_pose = None
+        self.last_pose = None  # pose at the newest processed frame (for the status topic)
 
     # -- stages -------------------------------------------------------------------------------------------------
     def _detect_stream(self, frames_q: queue.Queue) -> Iterator[tuple[Frame | None, FrameDetections]]:
@@ -326,6 +327,7 @@ class Pipeline:
         if p.detections_out is not None:
             p.detections_out.write(fd)
         pose = p.pose_at(fd.time_utc)
+        self.last_pose = pose
         if pose is None or not pose.valid:
             self.counters.frames_without_fix += 1
         confirmations: list[tuple[Confirmation, RuleFired | None]] = []

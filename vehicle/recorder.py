@@ -1,0 +1,116 @@
+"""`patrol record`: write a drive folder from the live camera and gpsd, for replay later.
+
+Video goes into segments (``video/NNNNNN.mp4``) with a ``frame,utc`` CSV beside each (the capture time of
+every frame, from the GNSS-disciplined clock); fixes go into ``gps.json`` as gpsd JSON (TPV + SKY), which
+`vehicle.gps.read_gpsd_json` reads back. The calibration in use is copied in; ``manifest.json`` is rewritten
+after every segment so a drive cut short by power loss is still replayable up to its last full segment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+import cv2
+
+from vehicle.config import ConfigError, load_config, resolve_path
+from vehicle.drive import utc_iso, write_manifest
+from vehicle.frames import LiveSource, open_source
+from vehicle.gps import Fix, GnssClock, GpsdReader, PoseTrack
+
+log = logging.getLogger(__name__)
+
+
+class _LoggingTrack(PoseTrack):
+    """A PoseTrack that also writes every fix it is given as gpsd JSON."""
+
+    def __init__(self, out: IO[str], **kwargs: float):
+        super().__init__(**kwargs)
+        self._out = out
+        self._out_lock = threading.Lock()
+
+    def add(self, fix: Fix) -> None:
+        super().add(fix)
+        tpv = {"class": "TPV", "mode": fix.fix_mode, "time": utc_iso(fix.time_utc), "lat": fix.lat_deg,
+               "lon": fix.lon_deg}
+        for key, value in (("alt", fix.alt_m), ("speed", fix.speed_mps), ("track", fix.track_deg)):
+            if value is not None:
+                tpv[key] = value
+        with self._out_lock:
+            if fix.hdop is not None:
+                self._out.write(json.dumps({"class": "SKY", "time": tpv["time"], "hdop": fix.hdop}) + "\n")
+            self._out.write(json.dumps(tpv) + "\n")
+            self._out.flush()
+
+
+def record(config_file: Path, out_dir: Path, duration_s: float = 0.0, segment_s: float = 300.0,
+           fps: float = 0.0) -> int:
+    """Record until ``duration_s`` has passed (0: until SIGINT/SIGTERM); returns the exit code."""
+    cfg = load_config(config_file)
+    base = config_file.resolve().parent
+    if not cfg.camera.source:
+        raise ConfigError(f"{config_file}: camera.source: required for `patrol record`")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError(f"{out_dir}: drive folder exists and is not empty; choose a new one")
+    (out_dir / "video").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(resolve_path(cfg.camera.calibration_file, base), out_dir / "calibration.toml")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    gps_out = open(out_dir / "gps.json", "w", encoding="utf-8")
+    clock = GnssClock()
+    track = _LoggingTrack(gps_out, max_fix_age_s=cfg.gps.max_fix_age_s)
+    reader = GpsdReader(track, cfg.gps.gpsd_host, cfg.gps.gpsd_port, clock=clock)
+    reader.start()
+
+    def utc_now(mono: float) -> float:
+        t = clock.utc_at(mono)
+        return t if t is not None else time.time()
+
+    source = open_source(cfg.camera.source, time.time(), cfg.camera.stills_interval_s, utc_now=utc_now,
+                         watchdog_timeout_s=cfg.camera.watchdog_timeout_s, max_fps=cfg.camera.max_fps)
+    rate = fps or cfg.camera.max_fps or 15.0
+    segments: list[dict] = []
+    writer = times = None
+    seg_started = 0.0
+    t_end = time.monotonic() + duration_s if duration_s > 0 else float("inf")
+    frames = 0
+    try:
+        for frame in source:
+            if stop.is_set() or time.monotonic() >= t_end:
+                break
+            if writer is None or time.monotonic() - seg_started >= segment_s:
+                if writer is not None:
+                    writer.release()
+                    times.close()
+                    write_manifest(out_dir, segments, "gps.json", "calibration.toml", cfg.vehicle_id, "patrol record")
+                name = f"video/{len(segments):06d}"
+                writer = cv2.VideoWriter(str(out_dir / f"{name}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), rate,
+                                         frame.size_wh)
+                times = open(out_dir / f"{name}.csv", "w", encoding="utf-8")
+                times.write("frame,utc\n")
+                segments.append({"file": f"{name}.mp4", "start_utc": utc_iso(frame.time_utc),
+                                 "frame_times": f"{name}.csv"})
+                seg_started = time.monotonic()
+                seg_frame = 0
+            writer.write(frame.image)
+            times.write(f"{seg_frame},{utc_iso(frame.time_utc)}\n")
+            seg_frame += 1
+            frames += 1
+    finally:
+        if writer is not None:
+            writer.release()
+            times.close()
+        if isinstance(source, LiveSource):
+            source.close()
+        reader.stop()
+        gps_out.close()
+        write_manifest(out_dir, segments, "gps.json", "calibration.toml", cfg.vehicle_id, "patrol record")
+    print(f"record: {frames} frames in {len(segments)} segment(s) -> {out_dir}", flush=True)
+    return 0
