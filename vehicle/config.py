@@ -49,8 +49,8 @@ class GpsConfig(_Section):
     """Where poses come from."""
 
     source: str = Field(default="gpsd", description="'gpsd' (live), or an NMEA / gpsd-JSON log file to replay")
-    gpsd_host: str = "127.0.0.1"
-    gpsd_port: int = Field(default=2947, ge=1, le=65535)
+    gpsd_host: str = Field(default="127.0.0.1", description="where gpsd listens")
+    gpsd_port: int = Field(default=2947, ge=1, le=65535, description="gpsd's TCP port")
     max_fix_age_s: float = Field(default=3.0, gt=0, description="a fix older than this at a frame counts as no fix")
     stopped_speed_mps: float = Field(default=1.0, ge=0, description="below this speed the heading is held")
     max_interpolation_gap_s: float = Field(default=5.0, gt=0, description="never interpolate across a larger gap")
@@ -59,24 +59,23 @@ class GpsConfig(_Section):
         description="'hold': sightings without a valid fix are not located (dropped and counted); "
         "'flag': they are placed at the last good fix with location.fix_mode showing the loss",
     )
-    time_offset_s: float = Field(default=0.0, description="replay: added to video time to align it with GPS time")
 
 
 class DetectorConfig(_Section):
     """The ONNX model and how it runs."""
 
-    model_file: str = Field(default="models/patrol-yolo11n.onnx")
-    score_threshold: float = Field(default=0.25, ge=0, le=1)
+    model_file: str = Field(default="models/patrol-yolo11n.onnx", description="ultralytics-exported YOLO ONNX")
+    score_threshold: float = Field(default=0.25, ge=0, le=1, description="boxes scoring lower are ignored")
     iou_threshold: float = Field(default=0.5, gt=0, le=1, description="class-aware NMS IoU")
-    max_detections: int = Field(default=100, ge=1)
+    max_detections: int = Field(default=100, ge=1, description="at most this many boxes a frame")
     providers: list[Literal["tensorrt", "cuda", "cpu"]] = Field(
         default_factory=lambda: ["tensorrt", "cuda", "cpu"],
         description="execution providers in order of preference; unavailable ones are skipped",
     )
     intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads (0: its default)")
-    tensorrt_fp16: bool = True
+    tensorrt_fp16: bool = Field(default=True, description="TensorRT provider builds an FP16 engine")
     tensorrt_cache_dir: str = Field(default="", description="engine cache; empty: <data_dir>/trt-cache")
-    categories_file: str = Field(default="models/categories.yaml")
+    categories_file: str = Field(default="models/categories.yaml", description="the city's taxonomy")
     class_map: dict[str, str] = Field(
         default_factory=dict, description="model class name -> category name, where they differ"
     )
@@ -85,16 +84,16 @@ class DetectorConfig(_Section):
 class ObjectDetectorConfig(DetectorConfig):
     """Optional general-object model (COCO) whose classes become rule candidates."""
 
-    enabled: bool = False
+    enabled: bool = Field(default=False, description="run the general-object model and the rules")
     model_file: str = Field(default="", description="e.g. the converted Yolo-Fastest ONNX (not shipped)")
-    score_threshold: float = Field(default=0.3, ge=0, le=1)
+    score_threshold: float = Field(default=0.3, ge=0, le=1, description="boxes scoring lower are ignored")
 
 
 class LocationConfig(_Section):
     """Casting boxes onto the ground."""
 
     max_range_m: float = Field(default=40.0, gt=0, description="ground hits farther than this are not trusted")
-    min_range_m: float = Field(default=1.0, ge=0)
+    min_range_m: float = Field(default=1.0, ge=0, description="ground hits nearer than this are not trusted")
 
 
 class DedupConfig(_Section):
@@ -112,30 +111,30 @@ class DedupConfig(_Section):
 class TlsConfig(_Section):
     """TLS to the broker."""
 
-    enabled: bool = False
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
+    enabled: bool = Field(default=False, description="connect with TLS")
+    ca_file: str = Field(default="", description="CA bundle that signed the broker's certificate")
+    cert_file: str = Field(default="", description="client certificate (mutual TLS), optional")
+    key_file: str = Field(default="", description="client key (mutual TLS), optional")
     insecure_skip_verify: bool = Field(default=False, description="never in production: skip hostname check")
 
 
 class MqttConfig(_Section):
     """Delivery to the command centre."""
 
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = Field(default=1883, ge=1, le=65535)
+    enabled: bool = Field(default=True, description="publish to a broker (false: outbox and --out only)")
+    host: str = Field(default="127.0.0.1", description="the centre's broker")
+    port: int = Field(default=1883, ge=1, le=65535, description="1883 plain, 8883 TLS by convention")
     client_id: str = Field(default="", description="empty: patrol-<vehicle_id>")
-    username: str = ""
+    username: str = Field(default="", description="the car's broker account (by convention its vehicle_id)")
     password: str = Field(default="", description="prefer password_file; '${ENV}' reads an environment variable")
     password_file: str = Field(default="", description="file whose first line is the password")
-    keepalive_s: int = Field(default=30, ge=5, le=65535)
-    connect_timeout_s: float = Field(default=10.0, gt=0)
-    status_interval_s: float = Field(default=10.0, gt=0)
+    keepalive_s: int = Field(default=30, ge=5, le=65535, description="MQTT keep-alive")
+    connect_timeout_s: float = Field(default=10.0, gt=0, description="give up one connection attempt after this")
+    status_interval_s: float = Field(default=10.0, gt=0, description="publish the retained status this often")
     max_messages_per_s: float = Field(default=20.0, gt=0, description="publish rate cap (no flood on reconnect)")
-    max_inflight: int = Field(default=10, ge=1, le=65535)
+    max_inflight: int = Field(default=10, ge=1, le=65535, description="unacknowledged messages at most")
     ack_timeout_s: float = Field(default=30.0, gt=0, description="no PUBACK for this long: resend")
-    publish_snapshots: bool = True
+    publish_snapshots: bool = Field(default=True, description="publish each event's photo on its snapshot topic")
     tls: TlsConfig = TlsConfig()
 
     @model_validator(mode="after")
@@ -154,7 +153,7 @@ class OutboxConfig(_Section):
 class PhotoConfig(_Section):
     """Evidence photos."""
 
-    jpeg_quality: int = Field(default=85, ge=10, le=100)
+    jpeg_quality: int = Field(default=85, ge=10, le=100, description="evidence photo JPEG quality")
     max_width_px: int = Field(default=1920, ge=160, description="photos wider than this are scaled down")
 
 
@@ -167,14 +166,15 @@ class OutputConfig(_Section):
 class RuntimeConfig(_Section):
     """Threads and queues."""
 
-    frame_queue_size: int = Field(default=4, ge=1, le=256)
-    result_queue_size: int = Field(default=16, ge=1, le=1024)
+    frame_queue_size: int = Field(default=4, ge=1, le=256, description="decoded frames waiting for the model")
+    result_queue_size: int = Field(default=16, ge=1, le=1024, description="detected frames waiting for dedup")
 
 
 class Config(_Section):
     """The whole configuration file."""
 
-    vehicle_id: str = Field(default="car-001", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    vehicle_id: str = Field(default="car-001", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                            description="this car's id: in every topic and event")
     data_dir: str = Field(default="var/patrol", description="outbox, dedup index and photos live here")
     camera: CameraConfig = CameraConfig()
     gps: GpsConfig = GpsConfig()
@@ -187,7 +187,7 @@ class Config(_Section):
     photo: PhotoConfig = PhotoConfig()
     output: OutputConfig = OutputConfig()
     runtime: RuntimeConfig = RuntimeConfig()
-    rules: dict = Field(default_factory=dict, description="rule settings (zones, stationary test); see rules.py")
+    rules: dict = Field(default_factory=dict, description="rules for object-proxy categories: see 'Rules'")
 
     @field_validator("vehicle_id")
     @classmethod
