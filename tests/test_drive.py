@@ -1,0 +1,73 @@
+"""The recorded-drive format: manifest round trip, per-frame times, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.drives import gopro_drive
+from vehicle.drive import DriveError, open_drive, utc_iso, write_manifest
+from vehicle.frames import SourceCounters, parse_utc
+
+
+def test_gopro_drive_frames_carry_gps_utc(tmp_path):
+    drive = open_drive(gopro_drive(tmp_path))
+    assert drive.gps_file.name == "gps.nmea" and drive.calibration_file.name == "calibration.toml"
+    counters = SourceCounters()
+    frames = list(drive.frames(counters))
+    assert len(frames) == 315 == counters.frames and counters.bad_frames == 0
+    assert frames[0].time_utc == parse_utc("2019-11-18T23:45:14Z")
+    # 315 frames at 29.97 fps: the last one is 314 / 29.97 s after the first.
+    assert frames[-1].time_utc - frames[0].time_utc == pytest.approx(314 / 29.97, abs=0.02)
+    assert [f.index for f in frames] == list(range(315))
+
+
+def test_frame_times_csv_overrides_presentation_time(tmp_path):
+    root = gopro_drive(tmp_path)
+    times = [1_600_000_000.0 + 0.1 * i ** 1.1 for i in range(315)]  # an irregular live camera
+    (root / "video" / "000000.csv").write_text(
+        "frame,utc\n" + "".join(f"{i},{utc_iso(t)}\n" for i, t in enumerate(times)))
+    write_manifest(root, [{"file": "video/000000.mp4", "start_utc": utc_iso(times[0]),
+                           "frame_times": "video/000000.csv"}], "gps.nmea", "calibration.toml")
+    frames = list(open_drive(root).frames())
+    assert [f.time_utc for f in frames[:5]] == pytest.approx(times[:5], abs=1e-3)  # CSV keeps milliseconds
+    assert frames[200].time_utc == pytest.approx(times[200], abs=1e-3)
+
+
+def test_two_segments_have_continuous_indices(tmp_path):
+    root = gopro_drive(tmp_path)
+    (root / "video" / "000001.mp4").write_bytes((root / "video" / "000000.mp4").read_bytes())
+    write_manifest(root, [("video/000000.mp4", 1000.0), ("video/000001.mp4", 1011.0)], "gps.nmea", None)
+    frames = list(open_drive(root).frames())
+    assert len(frames) == 630
+    assert [f.index for f in frames] == list(range(630))
+    assert frames[315].time_utc == pytest.approx(1011.0)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda m: m.update(format="other"), "format"),
+        (lambda m: m.update(version=7), "version"),
+        (lambda m: m["video"][0].update(start_utc="yesterday"), r"video\[0\]\.start_utc"),
+        (lambda m: m["video"][0].update(start_utc="2019-11-18T23:45:14"), "timezone"),
+        (lambda m: m["video"][0].update(file="video/missing.mp4"), r"video\[0\]\.file"),
+        (lambda m: m.update(gps="nope.nmea"), "gps"),
+    ],
+)
+def test_bad_manifests_name_the_field(tmp_path, mutate, message):
+    root = gopro_drive(tmp_path)
+    m = json.loads((root / "manifest.json").read_text())
+    mutate(m)
+    (root / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DriveError, match=message) as exc:
+        open_drive(root)
+    assert "manifest.json" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_not_a_drive(tmp_path):
+    with pytest.raises(DriveError, match="manifest missing"):
+        open_drive(tmp_path)
+    with pytest.raises(DriveError, match="not found"):
+        open_drive(tmp_path / "nowhere")
