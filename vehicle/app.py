@@ -155,8 +155,8 @@ def replay(opts: ReplayOptions) -> RunCounters:
     g = cfg.gps
     track = load_track(drive.gps_file, max_fix_age_s=g.max_fix_age_s, stopped_speed_mps=g.stopped_speed_mps,
                        max_gap_s=g.max_interpolation_gap_s)
-    state_dir = opts.state_dir or Path(cfg.data_dir if Path(cfg.data_dir).is_absolute() else base / cfg.data_dir) / (
-        f"replay-{drive.root.name}-{time.strftime('%Y%m%dT%H%M%S')}")
+    state_dir = opts.state_dir or (base / cfg.data_dir).resolve() / (
+        f"replay-{drive.root.name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
     if opts.state_dir is None and state_dir.exists():
         shutil.rmtree(state_dir)
     with ExitStack() as stack:

@@ -194,7 +194,7 @@ class DedupIndex:
                 (obj_id, lat, lon, weight, ground_ok, observations, scores_json, first_seen, last_seen,
                  last_frame, published_at, publications) = row
                 scores = json.loads(scores_json)
-                if last_frame == s.frame_index:
+                if last_frame == s.frame_index and last_seen == s.time_utc:
                     continue  # a second box of the same object in one frame adds nothing
                 if s.time_utc - last_seen > self.policy.candidate_ttl_s:
                     scores = []  # a new pass: confirmation starts again
