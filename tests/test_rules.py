@@ -19,7 +19,8 @@ from vehicle.config import ConfigError
 from vehicle.dedup import Sighting, distance_m
 from vehicle.detection_log import CategoryBox
 from vehicle.gps import Pose
-from vehicle.rules import RuleEngine, load_zones, point_in_ring, rules_from_config
+from vehicle.rules import RuleEngine, rules_from_config
+from vehicle.zones import load_zones, point_in_ring
 
 LAT0, LON0 = 48.137, 11.575
 M_PER_DEG_LAT = 111_132.0
