@@ -89,3 +89,19 @@ def test_missing_and_corrupt_models_give_one_line_errors(tmp_path):
     with pytest.raises(ModelError) as exc:
         OnnxDetector(bad)
     assert "bad.onnx" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_pt_backend_through_ultralytics(tmp_path):
+    """The optional .pt backend (extra 'train') answers like the ONNX one; skipped where torch is absent."""
+    ultralytics = pytest.importorskip("ultralytics", reason="the .pt backend needs the 'train' extra")
+    from vehicle.detector import UltralyticsDetector, load_detector
+
+    model = ultralytics.YOLO("yolo11n.yaml")  # built from the yaml: nothing is downloaded
+    pt = tmp_path / "tiny.pt"
+    model.save(str(pt))
+    det = load_detector(pt, score_threshold=0.0)
+    assert isinstance(det, UltralyticsDetector)
+    assert det.names == [str(i) for i in range(80)]  # a yaml-built model has no dataset names
+    d = det.detect(np.full((360, 640, 3), 127, np.uint8))
+    assert d.xyxy.shape[1] == 4 and len(d.score) == len(d.class_id) == len(d)
+    assert (d.xyxy[:, [0, 2]] <= 640).all() and (d.xyxy[:, [1, 3]] <= 360).all()

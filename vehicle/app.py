@@ -22,7 +22,7 @@ from vehicle.categories import Taxonomy, TaxonomyError
 from vehicle.config import Config, ConfigError, load_config, resolve_path
 from vehicle.dedup import DedupIndex, policy_from_taxonomy
 from vehicle.detection_log import DetectionLogError, DetectionLogWriter, read_detection_log
-from vehicle.detector import ModelError, OnnxDetector
+from vehicle.detector import ModelError, load_detector
 from vehicle.drive import Drive, DriveError, open_drive, utc_iso
 from vehicle.events import ModelRef, Status, StatusState, status_topic
 from vehicle.frames import FrameSourceError, SourceCounters, open_source
@@ -65,8 +65,10 @@ def _detectors(
 ) -> tuple[ModelStage, ModelRef, list[str]]:
     d = cfg.detector
     trt_cache = resolve_path(d.tensorrt_cache_dir, base) if d.tensorrt_cache_dir else data_dir / "trt-cache"
-    detector = OnnxDetector(resolve_path(d.model_file, base), d.score_threshold, d.iou_threshold, d.max_detections,
-                            d.providers, d.intra_op_threads, d.tensorrt_fp16, trt_cache)
+    detector = load_detector(resolve_path(d.model_file, base), score_threshold=d.score_threshold,
+                             iou_threshold=d.iou_threshold, max_detections=d.max_detections, providers=d.providers,
+                             intra_op_threads=d.intra_op_threads, tensorrt_fp16=d.tensorrt_fp16,
+                             tensorrt_cache_dir=trt_cache)
     class_map = {n: d.class_map.get(n, n) for n in detector.names}
     class_map = {k: v for k, v in class_map.items() if taxonomy.get(v) is not None}
     covered = sorted(set(class_map.values()) & set(detector.covered or class_map.values()),
@@ -77,8 +79,10 @@ def _detectors(
         o = cfg.object_detector
         if not o.model_file:
             raise ConfigError("object_detector.model_file: required when object_detector.enabled = true")
-        obj = OnnxDetector(resolve_path(o.model_file, base), o.score_threshold, o.iou_threshold, o.max_detections,
-                           o.providers, o.intra_op_threads, o.tensorrt_fp16, data_dir / "trt-cache")
+        obj = load_detector(resolve_path(o.model_file, base), score_threshold=o.score_threshold,
+                            iou_threshold=o.iou_threshold, max_detections=o.max_detections, providers=o.providers,
+                            intra_op_threads=o.intra_op_threads, tensorrt_fp16=o.tensorrt_fp16,
+                            tensorrt_cache_dir=data_dir / "trt-cache")
         obj_map = {k: v for k, v in taxonomy.object_class_map().items() if k in obj.names}
         covered = sorted(set(covered) | set(obj_map.values()), key=lambda n: taxonomy[n].id)
     ref = ModelRef(name=detector.name, sha256=detector.sha256)

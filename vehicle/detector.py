@@ -274,3 +274,46 @@ class OnnxDetector:
         raw = self.infer(tensor)
         h, w = image_bgr.shape[:2]
         return decode_yolo_output(raw, lb, (w, h), self.score_threshold, self.iou_threshold, self.max_detections)
+
+
+class UltralyticsDetector:
+    """A ``.pt`` model through ultralytics (extra ``train``), for judging a checkpoint before export.
+
+    Same interface as `OnnxDetector`. Never used on the car: torch is not in the runtime path.
+    """
+
+    def __init__(self, model_file: str | Path, score_threshold: float = 0.25, iou_threshold: float = 0.5,
+                 max_detections: int = 100, imgsz: int | None = None, **_ignored: object):
+        self.model_file = Path(model_file)
+        if not self.model_file.is_file():
+            raise ModelError(f"{self.model_file}: model file not found")
+        try:
+            from ultralytics import YOLO
+        except ImportError:
+            raise ModelError(f"{self.model_file}: .pt models need ultralytics: pip install -e '.[train]'") from None
+        self.model = YOLO(str(self.model_file))
+        names = self.model.names
+        self.names = [str(names[k]) for k in sorted(names)] if isinstance(names, dict) else list(names)
+        args = getattr(self.model, "overrides", {}) or {}
+        size = imgsz or int(args.get("imgsz", 640) if not isinstance(args.get("imgsz"), list) else args["imgsz"][0])
+        self.input_hw = (size, size)
+        self.score_threshold, self.iou_threshold, self.max_detections = score_threshold, iou_threshold, max_detections
+        self.covered = None
+        self.sha256 = file_sha256(self.model_file)
+        self.name = self.model_file.stem
+        self.providers = ["ultralytics"]
+
+    def detect(self, image_bgr: np.ndarray) -> Detections:
+        """Boxes in one BGR frame, in that frame's pixels."""
+        r = self.model.predict(image_bgr, imgsz=self.input_hw[0], conf=self.score_threshold, iou=self.iou_threshold,
+                               max_det=self.max_detections, verbose=False)[0]
+        b = r.boxes
+        return Detections(b.xyxy.cpu().numpy().astype(np.float32), b.conf.cpu().numpy().astype(np.float32),
+                          b.cls.cpu().numpy().astype(np.int32))
+
+
+def load_detector(model_file: str | Path, **kwargs) -> OnnxDetector | UltralyticsDetector:
+    """`OnnxDetector` for ``.onnx`` files, `UltralyticsDetector` for ``.pt`` checkpoints."""
+    if str(model_file).endswith(".pt"):
+        return UltralyticsDetector(model_file, **kwargs)
+    return OnnxDetector(model_file, **kwargs)

@@ -22,7 +22,7 @@ import numpy as np
 
 from vehicle.dedup import Confirmation, DedupIndex, Sighting
 from vehicle.detection_log import CategoryBox, DetectionLogWriter, FrameDetections
-from vehicle.detector import Detections, OnnxDetector
+from vehicle.detector import Detections, OnnxDetector, UltralyticsDetector
 from vehicle.drive import utc_iso
 from vehicle.events import (
     Event,
@@ -73,9 +73,9 @@ class ModelStage:
 
     def __init__(
         self,
-        detector: OnnxDetector,
+        detector: OnnxDetector | UltralyticsDetector,
         class_to_category: dict[str, str],
-        object_detector: OnnxDetector | None = None,
+        object_detector: OnnxDetector | UltralyticsDetector | None = None,
         object_class_to_category: dict[str, str] | None = None,
     ):
         self.detector = detector
