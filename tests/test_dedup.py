@@ -129,3 +129,23 @@ def test_position_is_weighted_mean_of_sightings(index):
     lat, lon = index.conn.execute("SELECT lat, lon FROM dedup_objects").fetchone()
     exp_lat, exp_lon = offset(2.0, 0.0)
     assert distance_m(lat, lon, exp_lat, exp_lon) < 0.05
+
+
+def test_a_repeat_pass_with_a_different_gps_error_reacquires_the_published_object(index):
+    first = []
+    for i in range(5):
+        first += index.update([sighting("exposed_garbage", 0, 0, 100.0 + i, i)], 100.0 + i)
+    assert len(first) == 1
+    # An hour later the car passes again; its GPS is off by 7 m this time (beyond radius 5, within 2 x 5).
+    later = []
+    for i in range(5):
+        t = 3700.0 + i
+        later += index.update([sighting("exposed_garbage", 7.0, 0, t, 100 + i)], t)
+    assert later == [] and index.count() == 1
+
+
+def test_a_new_object_near_an_unpublished_candidate_is_not_pulled_in(index):
+    # Only published objects are re-acquired from afar: two fresh candidates 7 m apart stay two.
+    index.update([sighting("exposed_garbage", 0, 0, 10.0, 1)], 10.0)
+    index.update([sighting("exposed_garbage", 7.0, 0, 10.0, 1)], 10.0)
+    assert index.count() == 2

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from vehicle.geometry import CalibrationError, CameraCalibration
 from vehicle.gps import GnssClock, GpsdReader, GpsLogError, PoseTrack, load_track
 from vehicle.mqtt import BrokerSettings, Publisher
 from vehicle.outbox import Outbox, OutboxError
-from vehicle.pipeline import ModelStage, Pipeline, PipelineParts, RunCounters, summary_line
+from vehicle.pipeline import ModelStage, Pipeline, PipelineParts, RunCounters, committed_progress, summary_line
 from vehicle.service import SystemdNotifier
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class ReplayOptions:
     state_dir: Path | None = None  # keep dedup + outbox here (resumable); default: a fresh folder
     no_mqtt: bool = False
     flush_timeout_s: float = 30.0
+    on_frame: Callable[[RunCounters], None] | None = None  # e.g. a progress bar
 
 
 def _load(config_file: Path | None) -> tuple[Config, Path]:
@@ -99,9 +101,10 @@ def _rules(cfg: Config, base: Path, taxonomy: Taxonomy, conn):
     return RuleEngine(conn, settings, taxonomy), settings.warning_categories
 
 
-def _state(cfg: Config, base: Path, taxonomy: Taxonomy, state_dir: Path) -> tuple[Outbox, DedupIndex]:
+def _state(cfg: Config, base: Path, taxonomy: Taxonomy, state_dir: Path,
+           power_safe: bool = True) -> tuple[Outbox, DedupIndex]:
     state_dir.mkdir(parents=True, exist_ok=True)
-    outbox = Outbox(state_dir / "state.sqlite", cfg.outbox.max_bytes)
+    outbox = Outbox(state_dir / "state.sqlite", cfg.outbox.max_bytes, power_safe=power_safe)
     dedup = DedupIndex(outbox.connection, policy_from_taxonomy(taxonomy, cfg.dedup))
     return outbox, dedup
 
@@ -173,8 +176,12 @@ def replay(opts: ReplayOptions) -> RunCounters:
             stage, ref, covered = _detectors(cfg, base, state_dir, taxonomy)
         source_counters = SourceCounters()
         frames = drive.frames(source_counters) if (drive.segments or drive.stills) else None
-        outbox, dedup = _state(cfg, base, taxonomy, state_dir)
+        outbox, dedup = _state(cfg, base, taxonomy, state_dir, power_safe=False)  # a replay: crash-safe only
         stack.callback(outbox.close)
+        progress_key = f"replay:{drive.root.resolve()}:{'detections' if opts.detections else 'model'}"
+        resume_after = committed_progress(outbox, progress_key) if opts.state_dir is not None else None
+        if resume_after is not None:
+            log.info("resuming %s after %s (already committed in %s)", drive.root, utc_iso(resume_after), state_dir)
         rules, warning = _rules(cfg, base, taxonomy, outbox.connection)
         publisher = None
         if cfg.mqtt.enabled and not opts.no_mqtt:
@@ -195,11 +202,12 @@ def replay(opts: ReplayOptions) -> RunCounters:
             no_fix_policy=g.no_fix_policy, jpeg_quality=cfg.photo.jpeg_quality,
             photo_max_width_px=cfg.photo.max_width_px, publish_snapshots=cfg.mqtt.publish_snapshots,
             frame_queue_size=cfg.runtime.frame_queue_size, result_queue_size=cfg.runtime.result_queue_size,
-            realtime=opts.realtime, rules=rules, warning_categories=warning, events_out=events_out,
+            realtime=opts.realtime, progress_key=progress_key, resume_after_utc=resume_after,
+            rules=rules, warning_categories=warning, events_out=events_out,
             detections_out=det_out, on_events=publisher.wake if publisher else None,
         )
         reporter = StatusReporter(cfg.mqtt.status_interval_s, publisher, outbox, covered, source_counters)
-        parts.on_frame = reporter
+        parts.on_frame = reporter if opts.on_frame is None else (lambda c: (reporter(c), opts.on_frame(c)))
         pipeline = Pipeline(parts)
         reporter.pipeline = pipeline
         _stop_on_signals(parts.stop)
@@ -210,8 +218,8 @@ def replay(opts: ReplayOptions) -> RunCounters:
                 log.warning("broker did not take every event within %.0f s: %d stay in the outbox %s",
                             opts.flush_timeout_s, outbox.stats().depth, outbox.path)
             publisher.stop()
-        print(f"replay {drive.root.name}: {summary_line(counters)} covered={','.join(covered)} state={state_dir}",
-              file=sys.stderr, flush=True)
+        print(f"replay {drive.root.name}: {summary_line(counters)} bad_frames={source_counters.bad_frames} "
+              f"covered={','.join(covered)} state={state_dir}", file=sys.stderr, flush=True)
         return counters
 
 

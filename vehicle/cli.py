@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # never let ultralytics (training extras) reach for the network
+# FFmpeg's own stderr chatter would break the one-line error contract; decode problems are counted instead.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 EXIT_INPUT = 1
 EXIT_CONFIG = 2

@@ -103,6 +103,10 @@ class DedupConfig(_Section):
     candidate_ttl_s: float = Field(
         default=120.0, gt=0, description="an unconfirmed object not seen for this long is forgotten"
     )
+    reacquire_factor: float = Field(
+        default=2.0, ge=1.0,
+        description="a published object is matched up to this many radius_m away (repeat passes, GPS error)",
+    )
     radius_m: dict[str, float] = Field(default_factory=dict, description="per-category override of radius_m")
     min_frames: dict[str, int] = Field(default_factory=dict, description="per-category override")
     min_median_score: dict[str, float] = Field(default_factory=dict, description="per-category override")
@@ -210,7 +214,9 @@ def resolve_path(value: str, base: Path) -> Path:
 
 def _format_error(path: str, exc: ValidationError) -> str:
     err = exc.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
+    # repr() any key with control characters: the error must stay one line (no forged journal lines).
+    loc = ".".join(k if (k := str(x)).isprintable() else repr(k) for x in err["loc"]
+                   if not str(x).startswith("function-after"))
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key (misspelt?)"

@@ -3,12 +3,13 @@
 Sightings of a category within that category's ``radius_m`` are one object. An object is published once it is
 confirmed (seen in ``min_frames`` frames of one pass with a median score of at least ``min_median_score``), so
 a one-frame flicker never reaches the centre. Later sightings update the object and publish nothing until
-``suppress_s`` has passed since its last publication.
+``suppress_s`` has passed since its last publication. A published object is also re-acquired from further away
+(``reacquire_factor`` x radius) when nothing closer matches: a later pass sees it through a different GPS error.
 
 The index lives in SQLite (it survives restarts) and shares its connection with the outbox, so that "object
 published" and "event queued" commit in one transaction: a crash can lose neither without the other. Lookups
-go through a uniform grid (cell = radius) with an index on ``(category, cell)``: the cost of one lookup is a
-few B-tree probes, whatever the number of stored objects.
+go through a uniform grid (cell = the re-acquisition gate) with an index on ``(category, cell)``: the cost of
+one lookup is a few B-tree probes, whatever the number of stored objects.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ M_PER_DEG_LAT = 110_574.0
 M_PER_DEG_LON_EQUATOR = 111_320.0
 _CELL_BIAS = 1 << 29
 MAX_SCORES_KEPT = 64
+_OBJECT_ID_NAMESPACE = uuid.UUID("1b0f5c52-2f4e-4a8e-9d47-8c3a0e3f6a21")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dedup_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -105,6 +107,7 @@ class DedupPolicy:
     categories: Mapping[str, CategoryPolicy]
     suppress_s: float = 86400.0
     candidate_ttl_s: float = 120.0
+    reacquire_factor: float = 2.0
     default: CategoryPolicy = field(default_factory=lambda: CategoryPolicy(5.0, 3, 0.4))
 
     def __post_init__(self) -> None:
@@ -117,10 +120,18 @@ class DedupPolicy:
             raise ValueError(f"dedup: suppress_s must be >= 0, got {self.suppress_s}")
         if self.candidate_ttl_s <= 0:
             raise ValueError(f"dedup: candidate_ttl_s must be > 0, got {self.candidate_ttl_s}")
+        if self.reacquire_factor < 1:
+            raise ValueError(f"dedup: reacquire_factor must be >= 1, got {self.reacquire_factor}")
 
     def for_category(self, name: str) -> CategoryPolicy:
         """The policy of ``name`` (the default for a category the taxonomy does not list)."""
         return self.categories.get(name, self.default)
+
+
+def object_id_for(first: Sighting) -> str:
+    """Deterministic object id from an object's first sighting (same drive, same ids; crash-safe)."""
+    key = f"{first.category}/{first.time_utc:.6f}/{first.frame_index}/{first.lat_deg:.7f}/{first.lon_deg:.7f}"
+    return uuid.uuid5(_OBJECT_ID_NAMESPACE, key).hex
 
 
 def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -162,7 +173,11 @@ class DedupIndex:
         return math.floor(x / size_m), math.floor(y / size_m)
 
     def _nearest(self, s: Sighting, radius_m: float) -> tuple | None:
-        cx, cy = self._cell(s.lat_deg, s.lon_deg, radius_m)
+        """The object this sighting belongs to: the nearest within ``radius_m``, else the nearest already
+        published one within the re-acquisition gate (a repeat pass carries a fresh GPS error, so the same
+        object comes back further away than sightings of one pass scatter)."""
+        gate_m = radius_m * self.policy.reacquire_factor
+        cx, cy = self._cell(s.lat_deg, s.lon_deg, gate_m)
         keys = [self._cell_key(cx + dx, cy + dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
         rows = self.conn.execute(
             "SELECT object_id, lat, lon, weight, ground_ok, observations, pass_scores, first_seen, last_seen,"
@@ -171,11 +186,14 @@ class DedupIndex:
             (s.category, *keys),
         ).fetchall()
         best, best_d = None, radius_m
+        published, published_d = None, gate_m
         for row in rows:
             d = distance_m(s.lat_deg, s.lon_deg, row[1], row[2])
             if d <= best_d:
                 best, best_d = row, d
-        return best
+            if row[11] > 0 and d <= published_d:
+                published, published_d = row, d
+        return best if best is not None else published
 
     # -- update -------------------------------------------------------------------------------------------------
     def update(self, sightings: Sequence[Sighting], now_utc: float) -> list[Confirmation]:
@@ -186,7 +204,9 @@ class DedupIndex:
             w = 1.0 / max(s.range_m or 3.0, 3.0) ** 2 if s.ground_ok else 1e-4
             row = self._nearest(s, pol.radius_m)
             if row is None:
-                obj_id = uuid.uuid4().hex
+                # Deterministic: the same first sighting always makes the same object (and so the same event
+                # ids), whether a drive is replayed twice or a killed run redoes frames it had not committed.
+                obj_id = object_id_for(s)
                 lat, lon, weight, ground_ok = s.lat_deg, s.lon_deg, w, s.ground_ok
                 observations, scores = 1, [s.score]
                 first_seen, published_at, publications = s.time_utc, None, 0
@@ -214,7 +234,7 @@ class DedupIndex:
                     publish = True
                     publications += 1
                     published_at = s.time_utc
-            cx, cy = self._cell(lat, lon, pol.radius_m)
+            cx, cy = self._cell(lat, lon, pol.radius_m * self.policy.reacquire_factor)
             self.conn.execute(
                 "INSERT INTO dedup_objects (object_id, category, cell, lat, lon, weight, ground_ok, observations,"
                 " pass_scores, first_seen, last_seen, last_frame, published_at, publications)"
@@ -261,4 +281,5 @@ def policy_from_taxonomy(taxonomy, dedup_cfg) -> DedupPolicy:
     for key in (*dedup_cfg.radius_m, *dedup_cfg.min_frames, *dedup_cfg.min_median_score):
         if key not in cats:
             raise ValueError(f"dedup: unknown category {key!r} in an override (not in {taxonomy.source})")
-    return DedupPolicy(cats, suppress_s=dedup_cfg.suppress_s, candidate_ttl_s=dedup_cfg.candidate_ttl_s)
+    return DedupPolicy(cats, suppress_s=dedup_cfg.suppress_s, candidate_ttl_s=dedup_cfg.candidate_ttl_s,
+                       reacquire_factor=dedup_cfg.reacquire_factor)

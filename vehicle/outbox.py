@@ -138,12 +138,14 @@ class OutboxStats:
 class Outbox:
     """Durable FIFO of outgoing MQTT messages in one SQLite file (see the module docstring for threads)."""
 
-    def __init__(self, path: str | Path, max_bytes: int = 2_000_000_000):
+    def __init__(self, path: str | Path, max_bytes: int = 2_000_000_000, power_safe: bool = True):
         """Create or open the outbox.
 
         Args:
             path: the SQLite file (its folder is created).
             max_bytes: size cap used by `enforce_bounds` (payload bytes, photos included).
+            power_safe: ``synchronous=FULL`` (survives power loss: the car). False: ``NORMAL``, which still
+                survives a killed process and lets a laptop replay run without an fsync per frame.
 
         Raises:
             OutboxError: the file is not a usable SQLite database (torn or corrupt).
@@ -163,7 +165,7 @@ class Outbox:
             mode = self.connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise OutboxError(f"{self.path}: cannot switch the outbox to WAL (journal_mode={mode})")
-            self.connection.execute("PRAGMA synchronous=FULL")
+            self.connection.execute(f"PRAGMA synchronous={'FULL' if power_safe else 'NORMAL'}")
             check = self.connection.execute("PRAGMA quick_check(1)").fetchone()[0]
             if check != "ok":
                 raise OutboxError(f"{self.path}: outbox is corrupt ({check}); move it aside to start afresh")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import sys
 import threading
 import time
@@ -130,6 +131,8 @@ class PipelineParts:
     frame_queue_size: int = 4
     result_queue_size: int = 16
     realtime: bool = False
+    progress_key: str | None = None  # replay: remember the newest committed frame under this key
+    resume_after_utc: float | None = None  # replay resumed: frames up to this time were already committed
     rules: object | None = None  # vehicle.rules.RuleEngine
     warning_categories: frozenset[str] = frozenset()
     events_out: IO[str] | None = None
@@ -167,10 +170,12 @@ class _Worker(threading.Thread):
             self._put(_END)
 
 
-def _paced(frames: Iterable[Frame], realtime: bool) -> Iterator[Frame]:
-    """Frames, at the pace they were recorded when ``realtime`` is set."""
+def _paced(frames: Iterable[Frame], realtime: bool, resume_after_utc: float | None = None) -> Iterator[Frame]:
+    """Frames, at the pace they were recorded when ``realtime`` is set, skipping those already committed."""
     t0_frame = t0_wall = None
     for frame in frames:
+        if resume_after_utc is not None and frame.time_utc <= resume_after_utc:
+            continue
         if realtime:
             if t0_frame is None:
                 t0_frame, t0_wall = frame.time_utc, time.monotonic()
@@ -189,6 +194,9 @@ class Pipeline:
         self._calib_by_size: dict[tuple[int, int], CameraCalibration] = {}
         self._last_good_pose = None
         self.last_pose = None  # pose at the newest processed frame (for the status topic)
+        parts.outbox.connection.execute(
+            "CREATE TABLE IF NOT EXISTS pipeline_progress (key TEXT PRIMARY KEY, last_time_utc REAL NOT NULL)")
+        parts.outbox.connection.commit()
 
     # -- stages -------------------------------------------------------------------------------------------------
     def _detect_stream(self, frames_q: queue.Queue) -> Iterator[tuple[Frame | None, FrameDetections]]:
@@ -198,6 +206,8 @@ class Pipeline:
             video_done = p.frames is None
             pending = None
             for fd in p.cached:
+                if p.resume_after_utc is not None and fd.time_utc <= p.resume_after_utc:
+                    continue
                 frame = None
                 while not video_done:
                     item, pending = (pending if pending is not None else frames_q.get()), None
@@ -285,6 +295,12 @@ class Pipeline:
         )
         return Event(id=event_id, geometry=PointGeometry(coordinates=(c.obj.lon_deg, c.obj.lat_deg)), properties=props)
 
+    def _note_progress(self, time_utc: float) -> None:
+        # Same transaction as the dedup changes of this frame: a resumed replay skips exactly what was committed.
+        if self.p.progress_key is not None:
+            self.p.outbox.connection.execute(
+                "INSERT OR REPLACE INTO pipeline_progress VALUES (?, ?)", (self.p.progress_key, time_utc))
+
     def _queue_events(self, confirmations: list[tuple[Confirmation, RuleFired | None]], frame: Frame | None,
                       fd: FrameDetections, pose) -> None:
         p = self.p
@@ -340,6 +356,8 @@ class Pipeline:
                 confirmations += p.rules.update(candidates, pose, fd.time_utc)
         if self.counters.frames % 200 == 0:
             p.dedup.expire(fd.time_utc)
+        if p.outbox.connection.in_transaction or confirmations:
+            self._note_progress(fd.time_utc)
         if confirmations:
             event_pose = pose if pose is not None and pose.valid else self._last_good_pose
             self._queue_events(confirmations, frame, fd, event_pose)
@@ -356,7 +374,8 @@ class Pipeline:
         results_q: queue.Queue = queue.Queue(maxsize=p.result_queue_size)
         workers = []
         if p.frames is not None:
-            workers.append(_Worker("capture", lambda: _paced(p.frames, p.realtime), frames_q, p.stop))
+            frames = lambda: _paced(p.frames, p.realtime, p.resume_after_utc)  # noqa: E731
+            workers.append(_Worker("capture", frames, frames_q, p.stop))
         workers.append(_Worker("inference", lambda: self._detect_stream(frames_q), results_q, p.stop))
         for w in workers:
             w.start()
@@ -406,6 +425,16 @@ class Pipeline:
             model=self.p.model_ref,
             categories_covered=covered,
         )
+
+
+def committed_progress(outbox: Outbox, key: str) -> float | None:
+    """Time of the newest frame whose results a previous run committed under ``key`` (None: none)."""
+    try:
+        row = outbox.connection.execute(
+            "SELECT last_time_utc FROM pipeline_progress WHERE key = ?", (key,)).fetchone()
+    except sqlite3.OperationalError:  # a state folder from before progress was kept
+        return None
+    return None if row is None else float(row[0])
 
 
 def summary_line(c: RunCounters) -> str:

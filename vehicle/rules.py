@@ -69,7 +69,6 @@ import json
 import math
 import sqlite3
 import statistics
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +78,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vehicle.categories import Taxonomy
 from vehicle.config import ConfigError, resolve_path
-from vehicle.dedup import M_PER_DEG_LAT, M_PER_DEG_LON_EQUATOR, Confirmation, Sighting, TrackedObject, distance_m
+from vehicle.dedup import (
+    M_PER_DEG_LAT,
+    M_PER_DEG_LON_EQUATOR,
+    Confirmation,
+    Sighting,
+    TrackedObject,
+    distance_m,
+    object_id_for,
+)
 from vehicle.detection_log import CategoryBox
 from vehicle.events import RuleFired
 from vehicle.zones import Zone, ZoneKind, load_zones
@@ -353,7 +360,7 @@ class RuleEngine:
         near = [t for t in self._near(s.category, s.lat_deg, s.lon_deg, 2.0 * radius)
                 if (t.last_frame, t.last_seen) != (s.frame_index, s.time_utc)]
         if not near:
-            t = _Track(uuid.uuid4().hex, s.category, s.lat_deg, s.lon_deg, w, s.lat_deg, s.lat_deg, s.lon_deg,
+            t = _Track(object_id_for(s), s.category, s.lat_deg, s.lon_deg, w, s.lat_deg, s.lat_deg, s.lon_deg,
                        s.lon_deg, lateral, 1, [s.score], s.time_utc, s.time_utc, s.time_utc, s.frame_index, odo, odo,
                        None, 0)
             return t
