@@ -1,0 +1,202 @@
+"""``patrol eval``: events on a replayed simulated drive, A/B, detections on labelled images, bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.onnx_fixtures import constant_yolo_model, yolo_rows
+from tests.test_simulate import SETTINGS, _calib, _l_route
+from vehicle.cli import main
+from vehicle.evaluate import EvalError, Progress, load_truth
+from vehicle.simulate import simulate_drive
+
+
+@pytest.fixture(scope="module")
+def sim_drive(tmp_path_factory) -> Path:
+    """A 3 km drive (the L route back and forth) at 5 fps with 40 objects, mild noise, no GPS error."""
+    d = tmp_path_factory.mktemp("sim") / "drive"
+    simulate_drive(_l_route(), _calib(), replace(SETTINGS, objects=40, length_km=3.0, fps=5.0, speed_kmh=30.0,
+                                                  box_jitter=0.03, miss_prob=0.05, fp_fraction=0.02), d)
+    return d
+
+
+def _self_contained(html: str) -> None:
+    assert "<script" not in html.lower()
+    assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", html, re.I)  # nothing fetched from anywhere
+    assert html.count("data:image/png;base64,") >= 2
+
+
+def test_eval_events_replays_the_drive_and_scores_it(sim_drive: Path, tmp_path: Path, capsys):
+    out = tmp_path / "report"
+    rc = main(["eval", "events", str(sim_drive), "--truth", str(sim_drive / "truth.geojson"), "--out", str(out)])
+    assert rc == 0
+    assert "replay run [" in capsys.readouterr().err  # the progress bar
+    doc = json.loads((out / "metrics.json").read_text())
+    run = doc["runs"][0]
+    o = run["overall"]
+    events_written = (out / "replay-run" / "events.jsonl").read_text().splitlines()
+    assert o["events"] == len(events_written) > 0
+    assert o["objects"] == 40
+    # without GPS error the pipeline places objects to within centimetres of the truth
+    assert o["recall"] >= 0.9 and o["error_median_m"] < 0.5 and o["duplicates"] == 0
+    assert o["matched"] + o["duplicates"] + o["false_events"] == o["events"]
+    sim = json.loads((sim_drive / "simulation.json").read_text())
+    assert run["km_driven"] == pytest.approx(3.0, rel=0.02)
+    assert run["events_per_km"] == pytest.approx(o["events"] / run["km_driven"], rel=1e-3)
+    tp = run["throughput"]
+    assert tp["frames"] == sim["frames"]
+    assert tp["drive_s"] == pytest.approx((sim["frames"] - 1) / 5.0, abs=0.01)
+    assert tp["realtime_factor"] == pytest.approx(tp["drive_s"] / tp["wall_s"], rel=1e-2)
+    assert sum(c["objects"] for c in run["per_category"]) == 40
+    _self_contained((out / "report.html").read_text())
+    events = json.loads((out / "events.geojson").read_text())["features"]
+    assert len(events) == o["events"]
+    assert sum(e["properties"]["eval_match"] == "matched" for e in events) == o["matched"]
+    truth = json.loads((out / "truth.geojson").read_text())["features"]
+    assert sum(f["properties"]["eval_found"] for f in truth) == round(o["recall"] * 40)
+    track = json.loads((out / "track.geojson").read_text())["features"][0]
+    assert track["geometry"]["type"] == "LineString" and len(track["geometry"]["coordinates"]) > 100
+    # a second run into the same folder starts from a fresh dedup state: the same numbers
+    assert main(["eval", "events", str(sim_drive), "--truth", str(sim_drive / "truth.geojson"), "--out", str(out),
+                 "--no-progress"]) == 0
+    again = json.loads((out / "metrics.json").read_text())["runs"][0]["overall"]
+    assert again == o
+
+
+def test_eval_ab_side_by_side_with_deltas(sim_drive: Path, tmp_path: Path):
+    # B: the same detections with every road_damage box removed -> B finds no road damage
+    lines = (sim_drive / "detections.jsonl").read_text().splitlines()
+    b_lines = [lines[0]]
+    for line in lines[1:]:
+        d = json.loads(line)
+        d["detections"] = [x for x in d["detections"] if x["category"] != "road_damage"]
+        b_lines.append(json.dumps(d))
+    b_file = tmp_path / "b.jsonl"
+    b_file.write_text("\n".join(b_lines) + "\n")
+    out = tmp_path / "ab"
+    rc = main(["eval", "ab", str(sim_drive), "--truth", str(sim_drive / "truth.geojson"), "--out", str(out),
+               "--a-detections", str(sim_drive / "detections.jsonl"), "--b-detections", str(b_file),
+               "--b-label", "no-potholes", "--no-progress"])
+    assert rc == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    a, b = doc["runs"]
+    assert b["label"] == "no-potholes"
+    truth, _ = load_truth(sim_drive / "truth.geojson")
+    n_road = truth.category.count("road_damage")
+    assert n_road > 0
+    road_b = next(c for c in b["per_category"] if c["category"] == "road_damage")
+    assert road_b["recall"] == 0.0 and road_b["events"] == 0
+    assert b["overall"]["recall"] == pytest.approx(a["overall"]["recall"] - n_road / 40, abs=1e-9)
+    for k in ("recall", "precision", "events"):
+        assert doc["deltas"][k] == pytest.approx(b["overall"][k] - a["overall"][k])
+    html = (out / "report.html").read_text()
+    _self_contained(html)
+    assert "no-potholes" in html and "B − A" in html
+    assert (out / "events-A.geojson").is_file() and (out / "events-no-potholes.geojson").is_file()
+
+
+def _yolo_line(cls: int, xyxy: tuple[float, float, float, float], size: int = 640, score: float | None = None) -> str:
+    x1, y1, x2, y2 = xyxy
+    v = [(x1 + x2) / 2 / size, (y1 + y2) / 2 / size, (x2 - x1) / size, (y2 - y1) / size]
+    return " ".join([str(cls), *(f"{x:.8f}" for x in v)] + ([f"{score}"] if score is not None else []))
+
+
+def test_eval_detections_from_saved_predictions(tmp_path: Path):
+    images, labels, preds = tmp_path / "images", tmp_path / "labels", tmp_path / "preds"
+    for d in (images, labels, preds):
+        d.mkdir()
+    for name in ("a", "b"):
+        cv2.imwrite(str(images / f"{name}.png"), np.zeros((640, 640, 3), np.uint8))
+    (labels / "a.txt").write_text(_yolo_line(0, (10, 10, 110, 60)) + "\n")
+    (labels / "b.txt").write_text(_yolo_line(1, (100, 100, 200, 200)) + "\n")
+    (preds / "a.txt").write_text(_yolo_line(0, (10, 10, 110, 60), score=0.9) + "\n")
+    # b: a false box scored above a true one of IoU 0.63 (counts at IoU 0.50, 0.55, 0.60)
+    (preds / "b.txt").write_text(_yolo_line(1, (100, 100, 200, 163), score=0.8) + "\n"
+                                 + _yolo_line(1, (400, 400, 450, 450), score=0.95) + "\n")
+    out = tmp_path / "out"
+    rc = main(["eval", "detections", "--images", str(images), "--predictions", str(preds), "--names", "bag,pothole",
+               "--out", str(out), "--no-progress"])
+    assert rc == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    c0, c1 = doc["classes"]
+    assert (c0["name"], c0["ap50"], c0["ap50_95"], c0["precision"], c0["recall"]) == ("bag", 1.0, 1.0, 1.0, 1.0)
+    assert c1["ap50"] == pytest.approx(0.5) and c1["ap50_95"] == pytest.approx(0.15)
+    assert c1["precision"] == pytest.approx(0.5) and c1["recall"] == 1.0
+    assert doc["mean"]["ap50"] == pytest.approx(0.75)
+    cm = doc["confusion_matrix"]["rows_predicted_cols_true"]
+    assert cm == [[1, 0, 0], [0, 1, 1], [0, 0, 0]]
+    _self_contained((out / "report.html").read_text())
+
+
+def test_eval_detections_runs_an_onnx_model(tmp_path: Path):
+    images = tmp_path / "data" / "images"
+    labels = tmp_path / "data" / "labels"
+    images.mkdir(parents=True)
+    labels.mkdir()
+    cv2.imwrite(str(images / "x.jpg"), np.full((640, 640, 3), 90, np.uint8))
+    (labels / "x.txt").write_text(_yolo_line(0, (75, 75, 125, 125)) + "\n" + _yolo_line(1, (300, 300, 340, 340)) + "\n")
+    out = yolo_rows([(100, 100, 50, 50), (500, 500, 40, 40)], [[0.9, 0.0], [0.0, 0.7]])
+    model = constant_yolo_model(tmp_path / "m.onnx", out)
+    rc = main(["eval", "detections", "--images", str(images), "--model", str(model), "--out", str(tmp_path / "o"),
+               "--no-progress"])
+    assert rc == 0
+    doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    by_name = {c["name"]: c for c in doc["classes"]}
+    assert by_name["exposed_garbage"]["ap50_95"] == pytest.approx(1.0)  # names come from the model
+    assert by_name["road_damage"]["ap50"] == 0.0 and by_name["road_damage"]["recall"] == 0.0
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path: Path, sim_drive: Path, capsys):
+    bad = tmp_path / "t.geojson"
+    bad.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [11.5, 48.1]},
+         "properties": {"category": "bin"}},
+        {"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[0, 0], [1, 1]]},
+         "properties": {"category": "bin"}}]}))
+    with pytest.raises(EvalError, match=r"features\[1\].*Point"):
+        load_truth(bad)
+    rc = main(["eval", "events", str(sim_drive), "--truth", str(bad), "--out", str(tmp_path / "o"), "--no-progress"])
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "features[1]" in err[0]
+    events = tmp_path / "e.jsonl"
+    events.write_text('{"type": "Feature"}\n')
+    with pytest.raises(EvalError, match=r"e\.jsonl:1: not an event"):
+        from vehicle.evaluate import load_events
+
+        load_events(events)
+
+
+def test_progress_bar_text(capsys):
+    p = Progress("replay x", 200)
+    p.update(50, force=True)
+    p.close()
+    err = capsys.readouterr().err
+    assert "replay x [#######" in err and " 25.0% 50/200" in err and "100.0% 200/200" in err
+
+
+def test_eval_ab_of_two_configs(sim_drive: Path, tmp_path: Path):
+    """B asks for 1,000 frames before a road_damage becomes an event: B publishes none, everything else equal."""
+    repo = Path(__file__).resolve().parent.parent
+    cfg = tmp_path / "b.toml"
+    cfg.write_text(f'[detector]\ncategories_file = "{repo / "models" / "categories.yaml"}"\n'
+                   '[dedup]\nmin_frames = { road_damage = 1000 }\n')
+    out = tmp_path / "ab"
+    rc = main(["eval", "ab", str(sim_drive), "--truth", str(sim_drive / "truth.geojson"), "--out", str(out),
+               "--b-config", str(cfg), "--no-progress"])
+    assert rc == 0
+    a, b = json.loads((out / "metrics.json").read_text())["runs"]
+    rows_a = {c["category"]: c for c in a["per_category"]}
+    rows_b = {c["category"]: c for c in b["per_category"]}
+    assert rows_a["road_damage"]["events"] > 0 and rows_b["road_damage"]["events"] == 0
+    for cat, row in rows_a.items():
+        if cat != "road_damage":
+            assert rows_b[cat]["events"] == row["events"] and rows_b[cat]["recall"] == row["recall"]
+    assert a["throughput"]["frames"] == b["throughput"]["frames"] > 0
