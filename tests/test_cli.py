@@ -1,0 +1,165 @@
+"""``patrol`` as a real subprocess: exit codes, one clear stderr line, and a failed start leaves the outbox alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import shared_path
+from tests.drives import gopro_drive
+from tests.integration.test_crash import crafted_detections, open_state_readonly
+from vehicle.app import ReplayOptions, replay
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = REPO_ROOT / "scripts" / "patrol.toml"
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING) ")
+
+
+def patrol(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess:
+    """Run ``patrol ARGS`` with this interpreter; never downloads anything."""
+    full_env = dict(os.environ, YOLO_OFFLINE="1", PYTHONPATH=str(REPO_ROOT), **(env or {}))
+    return subprocess.run([sys.executable, "-m", "vehicle.cli", *args], capture_output=True, text=True,
+                          timeout=timeout_s, env=full_env, cwd=REPO_ROOT)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without the logging module's own timestamped lines: what a user reads as *the* error."""
+    return [line for line in stderr.splitlines() if line.strip() and not LOG_LINE.match(line)]
+
+
+def assert_one_error_line(res: subprocess.CompletedProcess, code: int, *must_contain: str) -> str:
+    assert res.returncode == code, (res.returncode, res.stderr)
+    lines = error_lines(res.stderr)
+    assert len(lines) == 1, lines
+    assert "Traceback" not in res.stderr
+    for text in must_contain:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+# -- configuration: exit 2 ----------------------------------------------------------------------------------------
+
+def test_check_config_accepts_the_installed_template() -> None:
+    if not (REPO_ROOT / "models" / "patrol-yolo11n.onnx").is_file():
+        pytest.skip("models/patrol-yolo11n.onnx (the shipped model the template names) is not in this checkout")
+    res = patrol("check-config", str(TEMPLATE))
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == {"config": str(TEMPLATE), "vehicle_id": "car-001", "ok": True}
+
+
+BAD = [
+    ("unknown key", "[camera]\nsorce = '/dev/video0'\n", "camera.sorce"),
+    ("wrong type", "[gps]\nmax_fix_age_s = 'soon'\n", "gps.max_fix_age_s"),
+    ("port out of range", "[mqtt]\nport = 0\n", "mqtt.port"),
+    ("bad vehicle_id", "vehicle_id = 'car #7'\n", "vehicle_id"),
+    ("password without username", "[mqtt]\npassword = 'x'\n", "without a username"),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "key"), BAD, ids=[b[0] for b in BAD])
+def test_check_config_rejects_with_exit_2_and_one_line(tmp_path: Path, case: str, text: str, key: str) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    line = assert_one_error_line(patrol("check-config", str(cfg)), 2, str(cfg), key)
+    assert line.startswith("patrol: config error: ")
+
+
+def test_check_config_names_a_missing_model_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "patrol.toml"
+    cfg.write_text(f'[detector]\nmodel_file = "{tmp_path / "absent.onnx"}"\n')
+    assert_one_error_line(patrol("check-config", str(cfg)), 2, "detector.model_file", "absent.onnx")
+
+
+def test_run_with_a_bad_config_exits_2_before_starting_anything(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(f'data_dir = "{data}"\n[camera]\nsource = "/dev/video0"\n[mqtt]\nport = 99999\n')
+    sock_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(0.2)
+        res = patrol("run", "--config", str(cfg), env={"NOTIFY_SOCKET": str(sock_path)})
+        assert_one_error_line(res, 2, "mqtt.port", str(cfg))
+        with pytest.raises(TimeoutError):
+            sock.recv(4096)  # no READY (nor anything else) was sent to systemd
+    assert not data.exists()  # no data folder, no outbox, no camera opened
+
+
+def test_run_with_a_missing_config_file_exits_2(tmp_path: Path) -> None:
+    assert_one_error_line(patrol("run", "--config", str(tmp_path / "nope.toml")), 2, "not found")
+
+
+# -- bad input: exit 1, outbox untouched ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def filled_state(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, Path]:
+    """(drive, config, detections, state dir) where a first replay left 13 events + photos in the outbox."""
+    tmp = tmp_path_factory.mktemp("cli")
+    drive = gopro_drive(tmp / "drives")
+    detections = tmp / "detections.jsonl"
+    crafted_detections(drive, detections)
+    cfg = tmp / "patrol.toml"
+    cfg.write_text(f'vehicle_id = "car-cli"\n[gps]\nstopped_speed_mps = 0.3\n[mqtt]\nenabled = false\n'
+                   f'[detector]\nmodel_file = "{tmp / "missing.onnx"}"\n')
+    counters = replay(ReplayOptions(drive, cfg, detections=detections, state_dir=tmp / "state"))
+    assert counters.events == 13
+    return drive, cfg, detections, tmp / "state"
+
+
+def outbox_rows(state: Path) -> list[tuple]:
+    conn = open_state_readonly(state / "state.sqlite")
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return conn.execute("SELECT seq, kind, key, size_bytes, payload FROM outbox ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+
+
+def bad_drive(tmp: Path, drive: Path, what: str) -> Path:
+    out = tmp / f"drive-{what}"
+    shutil.copytree(drive, out)
+    if what == "junk-video":
+        (out / "video" / "000000.mp4").write_bytes(os.urandom(64_000))  # not a video at all
+    elif what == "no-fix":
+        # A real receiver's log (Holux GM-210, from gpsd's regression tests) that never got a fix.
+        shutil.copyfile(shared_path("gps", "gpsd-testlogs", "holux-gm-210.log"), out / "gps.nmea")
+    return out
+
+
+def test_missing_model_file_is_one_line_and_keeps_the_outbox(tmp_path: Path, filled_state) -> None:
+    drive, cfg, _, state = filled_state
+    before = outbox_rows(state)
+    assert sum(r[1] == "event" for r in before) == 13
+    res = patrol("replay", str(drive), "--config", str(cfg), "--state", str(state))
+    assert_one_error_line(res, 1, "missing.onnx", "model file not found")
+    assert outbox_rows(state) == before
+
+
+def test_unreadable_video_is_one_line_and_keeps_the_outbox(tmp_path: Path, filled_state) -> None:
+    drive, cfg, detections, state = filled_state
+    before = outbox_rows(state)
+    bad = bad_drive(tmp_path, drive, "junk-video")
+    res = patrol("replay", str(bad), "--config", str(cfg), "--state", str(state), "--detections", str(detections))
+    assert_one_error_line(res, 1, str(bad / "video" / "000000.mp4"), "cannot open video")
+    assert outbox_rows(state) == before
+
+
+def test_gps_log_without_a_fix_is_one_line_and_keeps_the_outbox(tmp_path: Path, filled_state) -> None:
+    drive, cfg, detections, state = filled_state
+    before = outbox_rows(state)
+    bad = bad_drive(tmp_path, drive, "no-fix")
+    res = patrol("replay", str(bad), "--config", str(cfg), "--state", str(state), "--detections", str(detections))
+    assert_one_error_line(res, 1, "no fix", str(bad / "gps.nmea"))
+    assert outbox_rows(state) == before
+
+
+def test_missing_drive_folder_is_one_line(tmp_path: Path) -> None:
+    assert_one_error_line(patrol("replay", str(tmp_path / "no-drive")), 1, "no-drive")
