@@ -65,7 +65,7 @@ def test_nms_keeps_highest_and_separates_classes():
 def test_onnx_detector_runs_a_real_model_and_reads_metadata(tmp_path):
     out = yolo_rows([(320, 320, 64, 32)], [[0.0, 0.75]])
     model = constant_yolo_model(tmp_path / "m.onnx", out, names={0: "exposed_garbage", 1: "road_damage"},
-                                extra_meta={"covered": "['road_damage']"})
+                                extra_meta={"trained_categories": '["road_damage"]'})
     det = OnnxDetector(model, providers=["tensorrt", "cuda", "cpu"])  # unavailable providers fall back to CPU
     assert det.providers == ["CPUExecutionProvider"]
     assert det.names == ["exposed_garbage", "road_damage"]

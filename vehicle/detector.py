@@ -254,7 +254,8 @@ class OnnxDetector:
         self.names = _parse_names(meta.get("names"), n_cls)
         self.keep_aspect = meta.get("preprocess", "letterbox") != "resize"
         # Classes the model was actually trained on (our export writes it); the rest exist but never fire.
-        self.covered: list[str] | None = _parse_names(meta["covered"], 0) if meta.get("covered") else None
+        covered = meta.get("trained_categories") or meta.get("covered")
+        self.covered: list[str] | None = _parse_names(covered, 0) if covered else None
         self.sha256 = file_sha256(self.model_file)
         self.name = meta.get("model_name") or self.model_file.stem
         self.providers = self.session.get_providers()
