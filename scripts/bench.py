@@ -267,7 +267,8 @@ def table(r: dict) -> str:
         ]
     for d in r.get("dedup", []):
         rows.append((f"(c) dedup us/detection at {d['objects']:,}",
-                     f"{_f(d['us_per_detection'])}  (CPU {_f(d['cpu_us_per_detection'])}; "
+                     f"{_f(d['us_per_detection'])}  (CPU {_f(d['cpu_us_per_detection'])}; random places "
+                     f"{_f(d['random_us_per_detection'])}; "
                      f"commit {_f(d['commit_ms_per_frame'], 2)} ms/frame)"))
     for o in r.get("outbox", []):
         rows.append((f"(d) outbox durable events/s, batch {o['batch']}",

@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-import statistics
 import uuid
+from array import array
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -39,7 +40,7 @@ CREATE TABLE IF NOT EXISTS dedup_objects (
     weight REAL NOT NULL,
     ground_ok INTEGER NOT NULL,
     observations INTEGER NOT NULL,
-    pass_scores TEXT NOT NULL,
+    pass_scores BLOB NOT NULL,  -- float32 scores of the current pass
     first_seen REAL NOT NULL,
     last_seen REAL NOT NULL,
     last_frame INTEGER NOT NULL,
@@ -47,8 +48,52 @@ CREATE TABLE IF NOT EXISTS dedup_objects (
     publications INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS dedup_objects_cell ON dedup_objects (category, cell);
-CREATE INDEX IF NOT EXISTS dedup_objects_candidates ON dedup_objects (publications, last_seen);
+DROP INDEX IF EXISTS dedup_objects_candidates;
+CREATE INDEX IF NOT EXISTS dedup_candidates_last_seen ON dedup_objects (last_seen) WHERE publications = 0;
 """
+_COLUMNS = ("object_id, category, cell, lat, lon, weight, ground_ok, observations, pass_scores, first_seen,"
+            " last_seen, last_frame, published_at, publications")
+_UPSERT = (
+    f"INSERT INTO dedup_objects ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " ON CONFLICT(object_id) DO UPDATE SET cell=excluded.cell, lat=excluded.lat, lon=excluded.lon,"
+    " weight=excluded.weight, ground_ok=excluded.ground_ok, observations=excluded.observations,"
+    " pass_scores=excluded.pass_scores, last_seen=excluded.last_seen, last_frame=excluded.last_frame,"
+    " published_at=excluded.published_at, publications=excluded.publications"
+)
+# Cell keys of the 3 x 3 neighbourhood relative to the centre's (see DedupIndex._cell_key); centre in the middle.
+_NEIGHBOUR_OFFSETS = tuple(dx * (1 << 30) + dy for dx in (-1, 0, 1) for dy in (-1, 0, 1))
+MAX_CACHED_CELLS = 50_000  # the cells around where the car has just been; a few tens of MB at most
+
+
+class _Obj:
+    """One stored object while it sits in the in-memory cell cache (a row of ``dedup_objects``)."""
+
+    __slots__ = ("_scores", "category", "cell", "first_seen", "ground_ok", "last_frame", "last_seen", "lat", "lon",
+                 "object_id", "observations", "publications", "published_at", "weight")
+
+    def __init__(self, row: tuple):
+        (self.object_id, self.category, self.cell, self.lat, self.lon, self.weight, ground_ok, self.observations,
+         self._scores, self.first_seen, self.last_seen, self.last_frame, self.published_at, self.publications) = row
+        self.ground_ok = bool(ground_ok)
+
+    @property
+    def scores(self) -> list[float]:
+        # Decoded only for objects a sighting actually joins: most loaded neighbours are just distance-checked.
+        if isinstance(self._scores, bytes):
+            self._scores = array("f", self._scores).tolist()
+        elif isinstance(self._scores, str):  # written by an older version as JSON
+            self._scores = json.loads(self._scores)
+        return self._scores
+
+    @scores.setter
+    def scores(self, value: list[float]) -> None:
+        self._scores = value
+
+    def as_row(self) -> tuple:
+        scores = self._scores if isinstance(self._scores, bytes) else array("f", self._scores).tobytes()
+        return (self.object_id, self.category, self.cell, self.lat, self.lon, self.weight, int(self.ground_ok),
+                self.observations, scores, self.first_seen, self.last_seen, self.last_frame,
+                self.published_at, self.publications)
 
 
 @dataclass(frozen=True)
@@ -128,6 +173,13 @@ class DedupPolicy:
         return self.categories.get(name, self.default)
 
 
+def _median(values: list[float]) -> float:
+    """Median of a short list (statistics.median's generality costs more than the rest of a lookup)."""
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2.0
+
+
 def object_id_for(first: Sighting) -> str:
     """Deterministic object id from an object's first sighting (same drive, same ids; crash-safe)."""
     key = f"{first.category}/{first.time_utc:.6f}/{first.frame_index}/{first.lat_deg:.7f}/{first.lon_deg:.7f}"
@@ -149,12 +201,25 @@ class DedupIndex:
     caller commits the shared transaction after queuing the events (see `vehicle.outbox`).
     """
 
-    def __init__(self, conn: sqlite3.Connection, policy: DedupPolicy):
+    def __init__(self, conn: sqlite3.Connection, policy: DedupPolicy, flush_interval_s: float = 1.0):
         self.conn = conn
         self.policy = policy
+        # Changes are written at once when an object is published (so the event and its object commit together)
+        # and otherwise at most this often (frame time): a crash loses at most this much observation history,
+        # never an event, and the car does not pay an SQLite write (and an fsync) for every frame.
+        self.flush_interval_s = flush_interval_s
+        # A larger page cache and memory-mapped reads keep a million-object index's B-trees in memory.
+        conn.execute("PRAGMA cache_size = -65536")
+        conn.execute("PRAGMA mmap_size = 268435456")
         conn.executescript(_SCHEMA)
         row = conn.execute("SELECT value FROM dedup_meta WHERE key = 'lat_ref'").fetchone()
         self._lat_ref: float | None = float(row[0]) if row else None
+        self._m_per_deg_lon: float | None = None
+        # Write-through cache of recently used cells: (category, cell) -> {object_id: _Obj}. A car sees each
+        # object in many consecutive frames, so almost every lookup after the first is answered from memory.
+        self._cells: OrderedDict[tuple[str, int], dict[str, _Obj]] = OrderedDict()
+        self._dirty: dict[str, _Obj] = {}
+        self._flushed_utc = -math.inf
 
     # -- grid ---------------------------------------------------------------------------------------------------
     def _xy_m(self, lat: float, lon: float) -> tuple[float, float]:
@@ -162,7 +227,9 @@ class DedupIndex:
             # One reference latitude for the life of the index keeps cell keys stable across restarts.
             self._lat_ref = round(lat, 1)
             self.conn.execute("INSERT OR REPLACE INTO dedup_meta VALUES ('lat_ref', ?)", (str(self._lat_ref),))
-        return lon * M_PER_DEG_LON_EQUATOR * math.cos(math.radians(self._lat_ref)), lat * M_PER_DEG_LAT
+        if self._m_per_deg_lon is None:
+            self._m_per_deg_lon = M_PER_DEG_LON_EQUATOR * math.cos(math.radians(self._lat_ref))
+        return lon * self._m_per_deg_lon, lat * M_PER_DEG_LAT
 
     @staticmethod
     def _cell_key(cx: int, cy: int) -> int:
@@ -172,28 +239,52 @@ class DedupIndex:
         x, y = self._xy_m(lat, lon)
         return math.floor(x / size_m), math.floor(y / size_m)
 
-    def _nearest(self, s: Sighting, radius_m: float) -> tuple | None:
+    def _load_cells(self, category: str, keys: list[int]) -> list[dict[str, _Obj]]:
+        """The cached contents of these cells, reading the missing ones from SQLite in one query."""
+        missing = [k for k in keys if (category, k) not in self._cells]
+        if missing:
+            fresh: dict[int, dict[str, _Obj]] = {k: {} for k in missing}
+            marks = ",".join("?" * len(missing))
+            for row in self.conn.execute(
+                    f"SELECT {_COLUMNS} FROM dedup_objects WHERE category = ? AND cell IN ({marks})",
+                    (category, *missing)):
+                obj = self._dirty.get(row[0]) or _Obj(row)
+                fresh[obj.cell][obj.object_id] = obj
+            for k, objs in fresh.items():
+                self._cells[(category, k)] = objs
+        out = []
+        for k in keys:
+            self._cells.move_to_end((category, k))
+            out.append(self._cells[(category, k)])
+        return out
+
+    def _nearest(self, s: Sighting, radius_m: float) -> tuple[_Obj | None, int]:
         """The object this sighting belongs to: the nearest within ``radius_m``, else the nearest already
         published one within the re-acquisition gate (a repeat pass carries a fresh GPS error, so the same
-        object comes back further away than sightings of one pass scatter)."""
+        object comes back further away than sightings of one pass scatter). Also the sighting's cell key."""
         gate_m = radius_m * self.policy.reacquire_factor
-        cx, cy = self._cell(s.lat_deg, s.lon_deg, gate_m)
-        keys = [self._cell_key(cx + dx, cy + dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
-        rows = self.conn.execute(
-            "SELECT object_id, lat, lon, weight, ground_ok, observations, pass_scores, first_seen, last_seen,"
-            " last_frame, published_at, publications FROM dedup_objects"
-            " WHERE category = ? AND cell IN (?,?,?,?,?,?,?,?,?)",
-            (s.category, *keys),
-        ).fetchall()
-        best, best_d = None, radius_m
-        published, published_d = None, gate_m
-        for row in rows:
-            d = distance_m(s.lat_deg, s.lon_deg, row[1], row[2])
-            if d <= best_d:
-                best, best_d = row, d
-            if row[11] > 0 and d <= published_d:
-                published, published_d = row, d
-        return best if best is not None else published
+        x, y = self._xy_m(s.lat_deg, s.lon_deg)
+        centre = self._cell_key(math.floor(x / gate_m), math.floor(y / gate_m))
+        keys = [centre + o for o in _NEIGHBOUR_OFFSETS]
+        cat = s.category
+        get = self._cells.get
+        cells = [get((cat, k)) for k in keys]
+        if None in cells:
+            cells = self._load_cells(cat, keys)
+        else:
+            self._cells.move_to_end((cat, keys[4]))
+        # Planar distances on the index's own projection: exact to millimetres over a few tens of metres.
+        best, best_d2 = None, radius_m * radius_m
+        published, published_d2 = None, gate_m * gate_m
+        for objs in cells:
+            for obj in objs.values():
+                ox, oy = self._xy_m(obj.lat, obj.lon)
+                d2 = (ox - x) ** 2 + (oy - y) ** 2
+                if d2 <= best_d2:
+                    best, best_d2 = obj, d2
+                if obj.publications > 0 and d2 <= published_d2:
+                    published, published_d2 = obj, d2
+        return (best if best is not None else published), keys[4]
 
     # -- update -------------------------------------------------------------------------------------------------
     def update(self, sightings: Sequence[Sighting], now_utc: float) -> list[Confirmation]:
@@ -201,71 +292,81 @@ class DedupIndex:
         out: list[Confirmation] = []
         for s in sorted(sightings, key=lambda s: -s.score):
             pol = self.policy.for_category(s.category)
+            gate_m = pol.radius_m * self.policy.reacquire_factor
             w = 1.0 / max(s.range_m or 3.0, 3.0) ** 2 if s.ground_ok else 1e-4
-            row = self._nearest(s, pol.radius_m)
-            if row is None:
+            obj, cell = self._nearest(s, pol.radius_m)
+            if obj is None:
                 # Deterministic: the same first sighting always makes the same object (and so the same event
                 # ids), whether a drive is replayed twice or a killed run redoes frames it had not committed.
-                obj_id = object_id_for(s)
-                lat, lon, weight, ground_ok = s.lat_deg, s.lon_deg, w, s.ground_ok
-                observations, scores = 1, [s.score]
-                first_seen, published_at, publications = s.time_utc, None, 0
+                obj = _Obj((object_id_for(s), s.category, cell, s.lat_deg, s.lon_deg, w, s.ground_ok, 1, [s.score],
+                            s.time_utc, s.time_utc, s.frame_index, None, 0))
+                self._cells[(s.category, cell)][obj.object_id] = obj
             else:
-                (obj_id, lat, lon, weight, ground_ok, observations, scores_json, first_seen, last_seen,
-                 last_frame, published_at, publications) = row
-                scores = json.loads(scores_json)
-                if last_frame == s.frame_index and last_seen == s.time_utc:
+                if obj.last_frame == s.frame_index and obj.last_seen == s.time_utc:
                     continue  # a second box of the same object in one frame adds nothing
-                if s.time_utc - last_seen > self.policy.candidate_ttl_s:
-                    scores = []  # a new pass: confirmation starts again
+                if s.time_utc - obj.last_seen > self.policy.candidate_ttl_s:
+                    obj.scores = []  # a new pass: confirmation starts again
                 # Near sightings place an object better than far ones: weight by 1/range^2.
-                total = weight + w
-                lat = (lat * weight + s.lat_deg * w) / total
-                lon = (lon * weight + s.lon_deg * w) / total
-                weight, ground_ok = total, bool(ground_ok) or s.ground_ok
-                observations += 1
-                scores = [*scores, s.score][-MAX_SCORES_KEPT:]
-            median = statistics.median(scores)
-            publish = False
-            if len(scores) >= pol.min_frames and median >= pol.min_median_score:
-                if publications == 0 or (
-                    published_at is not None and s.time_utc - published_at >= self.policy.suppress_s
-                ):
-                    publish = True
-                    publications += 1
-                    published_at = s.time_utc
-            cx, cy = self._cell(lat, lon, pol.radius_m * self.policy.reacquire_factor)
-            self.conn.execute(
-                "INSERT INTO dedup_objects (object_id, category, cell, lat, lon, weight, ground_ok, observations,"
-                " pass_scores, first_seen, last_seen, last_frame, published_at, publications)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT(object_id) DO UPDATE SET cell=excluded.cell, lat=excluded.lat, lon=excluded.lon,"
-                " weight=excluded.weight, ground_ok=excluded.ground_ok, observations=excluded.observations,"
-                " pass_scores=excluded.pass_scores, last_seen=excluded.last_seen, last_frame=excluded.last_frame,"
-                " published_at=excluded.published_at, publications=excluded.publications",
-                (obj_id, s.category, self._cell_key(cx, cy), lat, lon, weight, int(ground_ok), observations,
-                 json.dumps(scores), first_seen, s.time_utc, s.frame_index, published_at, publications),
-            )
-            if publish:
-                obj = TrackedObject(obj_id, s.category, lat, lon, bool(ground_ok), observations, float(median),
-                                    first_seen, s.time_utc, publications)
-                out.append(Confirmation(obj, s, publications))
+                total = obj.weight + w
+                obj.lat = (obj.lat * obj.weight + s.lat_deg * w) / total
+                obj.lon = (obj.lon * obj.weight + s.lon_deg * w) / total
+                obj.weight, obj.ground_ok = total, obj.ground_ok or s.ground_ok
+                obj.observations += 1
+                obj.scores = [*obj.scores, s.score][-MAX_SCORES_KEPT:]
+                obj.last_seen, obj.last_frame = s.time_utc, s.frame_index
+                new_cell = self._cell_key(*self._cell(obj.lat, obj.lon, gate_m))
+                if new_cell != obj.cell:  # the mean moved across a cell border
+                    self._load_cells(s.category, [obj.cell])[0].pop(obj.object_id, None)
+                    self._load_cells(s.category, [new_cell])[0][obj.object_id] = obj
+                    obj.cell = new_cell
+            self._dirty[obj.object_id] = obj
+            median = _median(obj.scores)
+            if len(obj.scores) >= pol.min_frames and median >= pol.min_median_score and (
+                obj.publications == 0
+                or (obj.published_at is not None and s.time_utc - obj.published_at >= self.policy.suppress_s)
+            ):
+                obj.publications += 1
+                obj.published_at = s.time_utc
+                snap = TrackedObject(obj.object_id, s.category, obj.lat, obj.lon, obj.ground_ok, obj.observations,
+                                     float(median), obj.first_seen, s.time_utc, obj.publications)
+                out.append(Confirmation(snap, s, obj.publications))
+        if out or now_utc - self._flushed_utc >= self.flush_interval_s or now_utc < self._flushed_utc:
+            self.flush(now_utc)
         return out
+
+    def flush(self, now_utc: float | None = None) -> None:
+        """Write every changed object in one batch (the caller commits) and trim the cache."""
+        if self._dirty:
+            self.conn.executemany(_UPSERT, [o.as_row() for o in self._dirty.values()])
+            self._dirty.clear()
+        if now_utc is not None:
+            self._flushed_utc = now_utc
+        if len(self._cells) > MAX_CACHED_CELLS:
+            while len(self._cells) > MAX_CACHED_CELLS * 0.9:
+                self._cells.popitem(last=False)
 
     def expire(self, now_utc: float) -> int:
         """Forget never-published objects not seen for ``candidate_ttl_s``; returns how many."""
-        cur = self.conn.execute(
-            "DELETE FROM dedup_objects WHERE publications = 0 AND last_seen < ?",
-            (now_utc - self.policy.candidate_ttl_s,),
-        )
-        return cur.rowcount
+        self.flush(now_utc)
+        cutoff = now_utc - self.policy.candidate_ttl_s
+        stale = self.conn.execute(
+            "SELECT object_id, category, cell FROM dedup_objects WHERE publications = 0 AND last_seen < ?",
+            (cutoff,)).fetchall()
+        for object_id, category, cell in stale:
+            cached = self._cells.get((category, cell))
+            if cached is not None:
+                cached.pop(object_id, None)
+        self.conn.execute("DELETE FROM dedup_objects WHERE publications = 0 AND last_seen < ?", (cutoff,))
+        return len(stale)
 
     def count(self) -> int:
         """Objects stored (candidates and published)."""
+        self.flush()
         return self.conn.execute("SELECT COUNT(*) FROM dedup_objects").fetchone()[0]
 
     def published_count(self) -> int:
         """Objects published at least once."""
+        self.flush()
         return self.conn.execute("SELECT COUNT(*) FROM dedup_objects WHERE publications > 0").fetchone()[0]
 
 

@@ -194,6 +194,7 @@ class Pipeline:
         self._calib_by_size: dict[tuple[int, int], CameraCalibration] = {}
         self._last_good_pose = None
         self.last_pose = None  # pose at the newest processed frame (for the status topic)
+        self._last_frame_utc: float | None = None
         parts.outbox.connection.execute(
             "CREATE TABLE IF NOT EXISTS pipeline_progress (key TEXT PRIMARY KEY, last_time_utc REAL NOT NULL)")
         parts.outbox.connection.commit()
@@ -344,6 +345,7 @@ class Pipeline:
             p.detections_out.write(fd)
         pose = p.pose_at(fd.time_utc)
         self.last_pose = pose
+        self._last_frame_utc = fd.time_utc
         if pose is None or not pose.valid:
             self.counters.frames_without_fix += 1
         confirmations: list[tuple[Confirmation, RuleFired | None]] = []
@@ -357,6 +359,9 @@ class Pipeline:
         if self.counters.frames % 200 == 0:
             p.dedup.expire(fd.time_utc)
         if p.outbox.connection.in_transaction or confirmations:
+            # Something is being committed: bring the dedup index up to this frame too, so the progress mark
+            # never runs ahead of the observations it stands for.
+            p.dedup.flush(fd.time_utc)
             self._note_progress(fd.time_utc)
         if confirmations:
             event_pose = pose if pose is not None and pose.valid else self._last_good_pose
@@ -397,6 +402,9 @@ class Pipeline:
             p.stop.set()
             for w in workers:
                 w.join(5)
+            p.dedup.flush()  # the last observations (events were committed with their objects already)
+            if self._last_frame_utc is not None and p.outbox.connection.in_transaction:
+                self._note_progress(self._last_frame_utc)
             if p.outbox.connection.in_transaction:
                 p.outbox.connection.commit()
         for w in workers:
