@@ -189,6 +189,16 @@ def test_status_keeps_latest(store: CentreStore) -> None:
     assert store.statuses() == {"car-1": "offline"}
 
 
+def test_a_last_will_marks_the_car_offline_though_its_time_is_older(store: CentreStore) -> None:
+    # The Will is composed when the car connects (10:00) and published by the broker after the car's later
+    # online statuses (10:05): it must still win, or a crashed car would look online forever.
+    store.upsert_status(Status(vehicle_id="car-1", state="online", time="2026-12-03T10:05:00Z"))
+    store.upsert_status(Status(vehicle_id="car-1", state="offline", time="2026-12-03T10:00:00Z"))
+    assert store.statuses() == {"car-1": "offline"}
+    store.upsert_status(Status(vehicle_id="car-1", state="online", time="2026-12-03T10:07:00Z"))  # back online
+    assert store.statuses() == {"car-1": "online"}
+
+
 def test_handle_rejects_malformed_without_crashing(store: CentreStore) -> None:
     centre = Centre(CentreSettings(client_id="centre-t"), store)
     good = make_event("car-1", "a", "street_vending", LAT0, LON0)

@@ -74,8 +74,28 @@ def test_check_config_rejects_with_exit_2_and_one_line(tmp_path: Path, case: str
 
 def test_check_config_names_a_missing_model_file(tmp_path: Path) -> None:
     cfg = tmp_path / "patrol.toml"
-    cfg.write_text(f'[detector]\nmodel_file = "{tmp_path / "absent.onnx"}"\n')
+    cfg.write_text(f'[camera]\nsource = "/dev/video0"\n[detector]\nmodel_file = "{tmp_path / "absent.onnx"}"\n')
     assert_one_error_line(patrol("check-config", str(cfg)), 2, "detector.model_file", "absent.onnx")
+
+
+@pytest.mark.parametrize(("toml", "key"), [
+    ("", "camera.source"),
+    ('[camera]\nsource = "/dev/video0"\n[dedup.radius_m]\nexposed_garbage = -5\n', "dedup.radius_m.exposed_garbage"),
+    ('[camera]\nsource = "/dev/video0"\n[dedup.min_frames]\nnot_a_category = 3\n', "dedup.min_frames.not_a_category"),
+    ('[camera]\nsource = "/dev/video0"\n[location]\nmin_range_m = 10\nmax_range_m = 5\n', "location"),
+    ('[camera]\nsource = "/dev/video0"\n[detector.class_map]\nfoo = "bar"\n', "detector.class_map.foo"),
+    ('[camera]\nsource = "/dev/video0"\ncalibration_file = "nope.toml"\n', "camera.calibration_file"),
+    ('[camera]\nsource = "/dev/video0"\n[gps]\nsource = "nope.nmea"\n', "gps.source"),
+    ('[camera]\nsource = "/dev/video0"\n[mqtt]\nusername = "car"\npassword = "${PATROL_TEST_UNSET_VAR}"\n',
+     "mqtt.password"),
+    ('[camera]\nsource = "/dev/video0"\n[mqtt.tls]\nenabled = true\nca_file = "nope.pem"\n', "mqtt.tls.ca_file"),
+])
+def test_check_config_catches_what_run_would_reject(tmp_path: Path, toml: str, key: str) -> None:
+    if not (REPO_ROOT / "models" / "patrol-yolo11n.onnx").is_file():
+        pytest.skip("the shipped model is missing")
+    cfg = tmp_path / "patrol.toml"
+    cfg.write_text(toml)
+    assert_one_error_line(patrol("check-config", str(cfg)), 2, key, str(cfg))
 
 
 def test_run_with_a_bad_config_exits_2_before_starting_anything(tmp_path: Path) -> None:

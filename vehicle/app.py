@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from vehicle.categories import Taxonomy, TaxonomyError
 from vehicle.config import Config, ConfigError, load_config, resolve_path
-from vehicle.dedup import DedupIndex, policy_from_taxonomy
+from vehicle.dedup import DedupConfigError, DedupIndex, policy_from_taxonomy
 from vehicle.detection_log import DetectionLogError, DetectionLogWriter, read_detection_log
 from vehicle.detector import ModelError, load_detector
 from vehicle.drive import Drive, DriveError, open_drive, utc_iso
@@ -36,8 +37,12 @@ from vehicle.service import SystemdNotifier
 
 log = logging.getLogger(__name__)
 
+class OutputError(ValueError):
+    """An output file or folder cannot be written; the message names it."""
+
+
 INPUT_ERRORS = (ConfigError, TaxonomyError, ModelError, FrameSourceError, DriveError, GpsLogError, CalibrationError,
-                DetectionLogError, OutboxError)
+                DetectionLogError, OutboxError, OutputError)
 
 
 @dataclass(frozen=True)
@@ -101,18 +106,39 @@ def _rules(cfg: Config, base: Path, taxonomy: Taxonomy, conn):
     return RuleEngine(conn, settings, taxonomy), settings.warning_categories
 
 
+def _policy(cfg: Config, taxonomy: Taxonomy):
+    try:
+        return policy_from_taxonomy(taxonomy, cfg.dedup)
+    except DedupConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _state(cfg: Config, base: Path, taxonomy: Taxonomy, state_dir: Path,
            power_safe: bool = True) -> tuple[Outbox, DedupIndex]:
-    state_dir.mkdir(parents=True, exist_ok=True)
+    policy = _policy(cfg, taxonomy)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{state_dir}: cannot create the state folder: {exc.strerror or exc}") from None
     outbox = Outbox(state_dir / "state.sqlite", cfg.outbox.max_bytes, power_safe=power_safe)
-    dedup = DedupIndex(outbox.connection, policy_from_taxonomy(taxonomy, cfg.dedup))
+    dedup = DedupIndex(outbox.connection, policy)
     return outbox, dedup
+
+
+def _offline_status(vehicle_id: str) -> bytes:
+    return Status(vehicle_id=vehicle_id, state=StatusState.offline, time=utc_iso(time.time())).to_json()
 
 
 def _publisher(cfg: Config, base: Path, outbox_path: Path) -> Publisher:
     settings = BrokerSettings.from_config(cfg.mqtt, cfg.vehicle_id, base)
-    offline = Status(vehicle_id=cfg.vehicle_id, state=StatusState.offline, time=utc_iso(time.time())).to_json()
-    pub = Publisher(settings, outbox_path, status_topic(cfg.vehicle_id), offline)
+    for key in ("ca_file", "cert_file", "key_file"):
+        value = getattr(cfg.mqtt.tls, key)
+        if cfg.mqtt.tls.enabled and value and not resolve_path(value, base).is_file():
+            raise ConfigError(f"mqtt.tls.{key}: {value} not found")
+    try:
+        pub = Publisher(settings, outbox_path, status_topic(cfg.vehicle_id), _offline_status(cfg.vehicle_id))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"mqtt.tls: cannot use the TLS files: {exc}") from None
     pub.start()
     return pub
 
@@ -169,16 +195,19 @@ def replay(opts: ReplayOptions) -> RunCounters:
     with ExitStack() as stack:
         if opts.detections is not None:
             model, cached = read_detection_log(opts.detections)
-            stage, ref, covered = None, ModelRef(name=str(model.get("name", "cached")),
-                                                 sha256=str(model.get("sha256", "0" * 64))), taxonomy.names
+            stage = None
+            ref = ModelRef(name=str(model.get("name", "cached")), sha256=str(model.get("sha256", "0" * 64)))
+            covered = [c for c in model.get("covered") or taxonomy.names if taxonomy.get(c) is not None]
         else:
+            if not (drive.segments or drive.stills):
+                raise DriveError(f"{drive.root}: the drive has no video or stills: replay it with --detections F.jsonl")
             cached = None
             stage, ref, covered = _detectors(cfg, base, state_dir, taxonomy)
         source_counters = SourceCounters()
         frames = drive.frames(source_counters) if (drive.segments or drive.stills) else None
         outbox, dedup = _state(cfg, base, taxonomy, state_dir, power_safe=False)  # a replay: crash-safe only
         stack.callback(outbox.close)
-        progress_key = f"replay:{drive.root.resolve()}:{'detections' if opts.detections else 'model'}"
+        progress_key = f"replay:{drive.root.resolve()}"  # one drive, one progress, whichever way it is replayed
         resume_after = committed_progress(outbox, progress_key) if opts.state_dir is not None else None
         if resume_after is not None:
             log.info("resuming %s after %s (already committed in %s)", drive.root, utc_iso(resume_after), state_dir)
@@ -190,10 +219,17 @@ def replay(opts: ReplayOptions) -> RunCounters:
         if opts.out == "-":
             events_out = sys.stdout
         elif opts.out:
-            events_out = stack.enter_context(open(opts.out, "a", encoding="utf-8"))
+            try:
+                events_out = stack.enter_context(open(opts.out, "a", encoding="utf-8"))
+            except OSError as exc:
+                raise OutputError(f"{opts.out}: cannot write events: {exc.strerror or exc}") from None
         det_out = None
         if opts.save_detections is not None:
-            det_out = DetectionLogWriter(opts.save_detections, {"name": ref.name, "sha256": ref.sha256})
+            try:
+                det_out = DetectionLogWriter(opts.save_detections,
+                                             {"name": ref.name, "sha256": ref.sha256, "covered": covered})
+            except OSError as exc:
+                raise OutputError(f"{opts.save_detections}: cannot write detections: {exc.strerror or exc}") from None
             stack.callback(det_out.close)
         parts = PipelineParts(
             vehicle_id=cfg.vehicle_id, frames=frames, detect=stage, cached=cached, pose_at=track.pose_at,
@@ -217,7 +253,7 @@ def replay(opts: ReplayOptions) -> RunCounters:
             if not publisher.flush(opts.flush_timeout_s):
                 log.warning("broker did not take every event within %.0f s: %d stay in the outbox %s",
                             opts.flush_timeout_s, outbox.stats().depth, outbox.path)
-            publisher.stop()
+            publisher.stop(offline_status_payload=_offline_status(cfg.vehicle_id))
         print(f"replay {drive.root.name}: {summary_line(counters)} bad_frames={source_counters.bad_frames} "
               f"covered={','.join(covered)} state={state_dir}", file=sys.stderr, flush=True)
         return counters
@@ -234,8 +270,8 @@ def run_live(config_file: Path) -> int:
     """The car's service: camera + gpsd until SIGTERM. Returns the exit code."""
     cfg = load_config(config_file)
     base = config_file.resolve().parent
+    taxonomy = validate_service_config(cfg, base, config_file)  # exit 2 before anything starts
     notifier = SystemdNotifier()
-    taxonomy = Taxonomy.load(resolve_path(cfg.detector.categories_file, base))
     calibration = CameraCalibration.load(resolve_path(cfg.camera.calibration_file, base))
     data_dir = resolve_path(cfg.data_dir, base)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -251,18 +287,20 @@ def run_live(config_file: Path) -> int:
         track = load_track(resolve_path(g.source, base), max_fix_age_s=g.max_fix_age_s,
                            stopped_speed_mps=g.stopped_speed_mps, max_gap_s=g.max_interpolation_gap_s)
         reader = None
-    if not cfg.camera.source:
-        raise ConfigError(f"{config_file}: camera.source: required for `patrol run`")
 
     def utc_now(mono: float) -> float:
         t = clock.utc_at(mono)
         return t if t is not None else time.time()  # before the first fix: the system clock, flagged by no fix
 
-    source = open_source(resolve_source(cfg.camera.source, base), time.time(), cfg.camera.stills_interval_s,
-                         utc_now=utc_now, watchdog_timeout_s=cfg.camera.watchdog_timeout_s,
-                         reopen_backoff_max_s=cfg.camera.reopen_backoff_max_s, max_fps=cfg.camera.max_fps) \
-        if _is_live(cfg.camera.source) else open_source(str(resolve_path(cfg.camera.source, base)), time.time(),
-                                                        cfg.camera.stills_interval_s)
+    if _is_live(cfg.camera.source):
+        source = open_source(cfg.camera.source, time.time(), cfg.camera.stills_interval_s, utc_now=utc_now,
+                             watchdog_timeout_s=cfg.camera.watchdog_timeout_s,
+                             reopen_backoff_max_s=cfg.camera.reopen_backoff_max_s, max_fps=cfg.camera.max_fps)
+    else:
+        # A recorded video (bench tests, dry runs): with a GPS log it starts at the log's first fix, so the two
+        # line up; with gpsd it starts now.
+        start = track.first_time_utc() if reader is None else time.time()
+        source = open_source(str(resolve_path(cfg.camera.source, base)), start, cfg.camera.stills_interval_s)
     outbox, dedup = _state(cfg, base, taxonomy, data_dir)
     rules, warning = _rules(cfg, base, taxonomy, outbox.connection)
     publisher = _publisher(cfg, base, outbox.path) if cfg.mqtt.enabled else None
@@ -293,7 +331,7 @@ def run_live(config_file: Path) -> int:
             reader.stop()
         if publisher is not None:
             publisher.flush(5.0)
-            publisher.stop()
+            publisher.stop(offline_status_payload=_offline_status(cfg.vehicle_id))
         if events_out is not None:
             events_out.close()
         outbox.close()
@@ -311,23 +349,71 @@ def resolve_source(spec: str, base: Path) -> str:
     return spec if _is_live(spec) else str(resolve_path(spec, base))
 
 
+def _as_config_error(key: str, exc: Exception) -> ConfigError:
+    return ConfigError(f"{key}: {exc}")
+
+
+def validate_service_config(cfg: Config, base: Path, config_file: Path) -> Taxonomy:
+    """Everything `patrol run` needs from its config, checked before anything starts.
+
+    Raises `ConfigError` (exit code 2) with one line naming the key, also for the files the keys name.
+    """
+    where = str(config_file)
+    if not cfg.camera.source:
+        raise ConfigError(f"{where}: camera.source: required for `patrol run`")
+    if not _is_live(cfg.camera.source) and not resolve_path(cfg.camera.source, base).exists():
+        raise ConfigError(f"{where}: camera.source: {cfg.camera.source} not found (not a file, folder, "
+                          "device, URL or pipeline)")
+    try:
+        taxonomy = Taxonomy.load(resolve_path(cfg.detector.categories_file, base))
+    except TaxonomyError as exc:
+        raise _as_config_error(f"{where}: detector.categories_file", exc) from None
+    try:
+        _policy(cfg, taxonomy)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    for name, target in cfg.detector.class_map.items():
+        if taxonomy.get(target) is None:
+            raise ConfigError(f"{where}: detector.class_map.{name}: unknown category {target!r}")
+    calib = resolve_path(cfg.camera.calibration_file, base)
+    if not calib.is_file():
+        raise ConfigError(f"{where}: camera.calibration_file: {cfg.camera.calibration_file} not found")
+    try:
+        CameraCalibration.load(calib)
+    except CalibrationError as exc:
+        raise _as_config_error(f"{where}: camera.calibration_file", exc) from None
+    models = [("detector", cfg.detector)] + ([("object_detector", cfg.object_detector)]
+                                              if cfg.object_detector.enabled else [])
+    for key, d in models:
+        if not d.model_file:
+            raise ConfigError(f"{where}: {key}.model_file: required")
+        try:
+            load_detector(resolve_path(d.model_file, base), providers=["cpu"])
+        except ModelError as exc:
+            raise _as_config_error(f"{where}: {key}.model_file", exc) from None
+    if cfg.object_detector.enabled:
+        from vehicle.rules import rules_from_config
+
+        try:
+            rules_from_config(cfg.rules, base, taxonomy)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    if cfg.gps.source != "gpsd" and not resolve_path(cfg.gps.source, base).is_file():
+        raise ConfigError(f"{where}: gps.source: {cfg.gps.source} not found ('gpsd' or a log file)")
+    if cfg.mqtt.enabled:
+        try:
+            BrokerSettings.from_config(cfg.mqtt, cfg.vehicle_id, base)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        for key in ("ca_file", "cert_file", "key_file"):
+            value = getattr(cfg.mqtt.tls, key)
+            if cfg.mqtt.tls.enabled and value and not resolve_path(value, base).is_file():
+                raise ConfigError(f"{where}: mqtt.tls.{key}: {value} not found")
+    return taxonomy
+
+
 def check_config(config_file: Path) -> str:
     """Validate a config and the files it names, starting nothing; returns a one-line summary."""
     cfg = load_config(config_file)
-    base = config_file.resolve().parent
-    taxonomy = Taxonomy.load(resolve_path(cfg.detector.categories_file, base))
-    policy_from_taxonomy(taxonomy, cfg.dedup)
-    CameraCalibration.load(resolve_path(cfg.camera.calibration_file, base))
-    model = resolve_path(cfg.detector.model_file, base)
-    if not model.is_file():
-        raise ConfigError(f"{config_file}: detector.model_file: {model} not found")
-    if cfg.object_detector.enabled:
-        om = resolve_path(cfg.object_detector.model_file, base)
-        if not cfg.object_detector.model_file or not om.is_file():
-            raise ConfigError(f"{config_file}: object_detector.model_file: {om} not found")
-        from vehicle.rules import rules_from_config
-
-        rules_from_config(cfg.rules, base, taxonomy)
-    if cfg.mqtt.password_file and not resolve_path(cfg.mqtt.password_file, base).is_file():
-        raise ConfigError(f"{config_file}: mqtt.password_file: {cfg.mqtt.password_file} not found")
+    validate_service_config(cfg, config_file.resolve().parent, config_file)
     return json.dumps({"config": str(config_file), "vehicle_id": cfg.vehicle_id, "ok": True})

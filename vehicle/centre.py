@@ -31,7 +31,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import ValidationError
 
 from vehicle.categories import DEFAULT_CATEGORIES_FILE, Taxonomy, TaxonomyError
-from vehicle.centre_store import Case, CentreStore, CentreStoreError
+from vehicle.centre_store import Case, CentreStore, CentreStoreError, is_postgres_dsn
 from vehicle.events import TOPIC_ROOT, Event, Status
 
 log = logging.getLogger("vehicle.centre")
@@ -89,6 +89,7 @@ class Centre:
         self.store = store
         self.counts: dict[str, int] = {}
         self.ready = threading.Event()  # set once the broker granted every subscription
+        self._connect_failed_logged = False
         self._client: mqtt.Client | None = None
 
     # --- message handling (no MQTT needed: tests call it directly) ------------------------------------
@@ -167,6 +168,7 @@ class Centre:
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.reconnect_delay_set(1, 30)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = s.session_expiry_s
@@ -186,12 +188,19 @@ class Centre:
         if reason_code.is_failure:
             log.error("broker %s:%s refused the connection: %s", self.settings.host, self.settings.port, reason_code)
             return
+        self._connect_failed_logged = False
         log.info(
             "connected to %s:%s as %s (session present: %s)", self.settings.host, self.settings.port,
             self.settings.client_id, flags.session_present,
         )  # fmt: skip
         # Subscribe every time: cheap, and a broker that lost the session gets the filters back.
         client.subscribe([(t, SubscribeOptions(qos=1)) for t in subscriptions(self.settings.share_group)])
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        # Logged once per outage, not on every retry: the centre keeps trying in the background.
+        if not self._connect_failed_logged:
+            self._connect_failed_logged = True
+            log.warning("cannot connect to the broker at %s:%s; retrying", self.settings.host, self.settings.port)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         failed = [str(rc) for rc in reason_codes if rc.is_failure]
@@ -355,6 +364,10 @@ def run_centre(args: argparse.Namespace) -> int:
         level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if getattr(args, "centre_command", None) == "export":
+        db = str(getattr(args, "db", "") or "")
+        if db and not is_postgres_dsn(db) and not Path(db).is_file():
+            print(f"patrol centre export: {db}: no such database", file=sys.stderr)
+            return 2
         try:
             with _open_store(args) as store:
                 cases = store.cases()

@@ -376,13 +376,16 @@ class CentreStore:
             )
 
     def upsert_status(self, status: Status) -> None:
-        """Keep each car's latest status (by its own ``time``; an older retained copy never wins)."""
+        """Keep each car's latest status: by its own ``time``, except that an offline status always replaces an
+        online one (a Last Will carries the time of the connection it guards, older than the statuses sent on
+        it; the broker publishes it after them)."""
         with self._write():
             self._exec(
                 "INSERT INTO vehicle_status (vehicle_id, state, time, payload, received_at) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (vehicle_id) DO UPDATE SET state = excluded.state, time = excluded.time,"
                 " payload = excluded.payload, received_at = excluded.received_at"
-                " WHERE excluded.time >= vehicle_status.time",
+                " WHERE excluded.time >= vehicle_status.time"
+                " OR (excluded.state = 'offline' AND vehicle_status.state = 'online')",
                 (status.vehicle_id, status.state.value, status.time, status.to_json().decode(), _utc_now()),
             )
 

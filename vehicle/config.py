@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -96,6 +96,12 @@ class LocationConfig(_Section):
     min_range_m: float = Field(default=1.0, ge=0, description="ground hits nearer than this are not trusted")
 
 
+    @model_validator(mode="after")
+    def _range_order(self) -> LocationConfig:
+        if self.min_range_m >= self.max_range_m:
+            raise ValueError(f"min_range_m ({self.min_range_m}) must be below max_range_m ({self.max_range_m})")
+        return self
+
 class DedupConfig(_Section):
     """Merging repeat sightings into objects."""
 
@@ -107,9 +113,12 @@ class DedupConfig(_Section):
         default=2.0, ge=1.0,
         description="a published object is matched up to this many radius_m away (repeat passes, GPS error)",
     )
-    radius_m: dict[str, float] = Field(default_factory=dict, description="per-category override of radius_m")
-    min_frames: dict[str, int] = Field(default_factory=dict, description="per-category override")
-    min_median_score: dict[str, float] = Field(default_factory=dict, description="per-category override")
+    radius_m: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, description="per-category override of radius_m")
+    min_frames: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, description="per-category override of min_frames")
+    min_median_score: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict, description="per-category override of min_median_score")
 
 
 class TlsConfig(_Section):

@@ -96,6 +96,10 @@ class _Obj:
                 self.published_at, self.publications)
 
 
+class DedupConfigError(ValueError):
+    """A dedup override names a category the taxonomy does not have; the message names the key."""
+
+
 @dataclass(frozen=True)
 class Sighting:
     """One detection of a category, placed on the map."""
@@ -379,8 +383,9 @@ def policy_from_taxonomy(taxonomy, dedup_cfg) -> DedupPolicy:
             min_frames=dedup_cfg.min_frames.get(c.name, c.min_frames),
             min_median_score=dedup_cfg.min_median_score.get(c.name, c.min_median_score),
         )
-    for key in (*dedup_cfg.radius_m, *dedup_cfg.min_frames, *dedup_cfg.min_median_score):
-        if key not in cats:
-            raise ValueError(f"dedup: unknown category {key!r} in an override (not in {taxonomy.source})")
+    for table in ("radius_m", "min_frames", "min_median_score"):
+        for key in getattr(dedup_cfg, table):
+            if key not in cats:
+                raise DedupConfigError(f"dedup.{table}.{key}: unknown category (not in {taxonomy.source})")
     return DedupPolicy(cats, suppress_s=dedup_cfg.suppress_s, candidate_ttl_s=dedup_cfg.candidate_ttl_s,
                        reacquire_factor=dedup_cfg.reacquire_factor)

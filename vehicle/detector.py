@@ -211,7 +211,7 @@ class OnnxDetector:
         for name in providers:
             full = PROVIDER_NAMES[name]
             if full not in available:
-                log.info("execution provider %s not available here, skipped", full)
+                log.debug("execution provider %s not available here, skipped", full)
                 continue
             if name == "tensorrt":
                 cache = str(tensorrt_cache_dir or self.model_file.parent / "trt-cache")

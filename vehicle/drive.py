@@ -130,7 +130,12 @@ def open_drive(path: str | Path) -> Drive:
         return p
 
     segments = []
-    for i, seg in enumerate(m.get("video") or []):
+    video = m.get("video") or []
+    if not isinstance(video, list):
+        raise DriveError(f"{mpath}: video: expected a list of {{file, start_utc}} segments")
+    for i, seg in enumerate(video):
+        if not isinstance(seg, dict):
+            raise DriveError(f"{mpath}: video[{i}]: expected {{file, start_utc}}")
         try:
             f = root / seg["file"]
             start = parse_utc(seg["start_utc"])

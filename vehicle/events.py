@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from enum import Enum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -56,7 +56,8 @@ class PointGeometry(_Strict):
     """GeoJSON Point, WGS-84, ``[lon, lat]``."""
 
     type: Literal["Point"] = "Point"
-    coordinates: tuple[float, float] = Field(description="[longitude_deg, latitude_deg], WGS-84")
+    coordinates: tuple[Annotated[float, Field(ge=-180, le=180)], Annotated[float, Field(ge=-90, le=90)]] = Field(
+        description="[longitude_deg, latitude_deg], WGS-84")
 
 
 class LocationQuality(_Strict):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import math
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,11 @@ class PoseTrack:
         """The newest epoch added (with or without a fix), or None."""
         with self._lock:
             return self._epochs[-1].fix if self._epochs else None
+
+    def first_time_utc(self) -> float:
+        """Time of the oldest epoch kept (a replayed log's start); the current time when empty."""
+        with self._lock:
+            return self._times[0] if self._times else time.time()
 
     def __len__(self) -> int:
         with self._lock:

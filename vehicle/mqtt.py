@@ -274,11 +274,14 @@ class Publisher:
             done = self._state.wait_for(lambda: self._drained_gen >= target, timeout=timeout_s)
             return done and self._parked == 0
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 5.0, offline_status_payload: bytes | None = None) -> None:
         """Stop sending, publish the offline status (retained), disconnect cleanly, join the threads.
 
-        Messages still unacknowledged stay in the outbox and are sent after the next start.
+        ``offline_status_payload`` (optional) replaces the one given at construction, so a clean stop can
+        say when it happened. Messages still unacknowledged stay in the outbox and are sent after the next start.
         """
+        if offline_status_payload is not None:
+            self._offline_payload = offline_status_payload
         deadline = time.monotonic() + timeout_s
         self._stopping.set()
         self._wake.set()

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
@@ -195,6 +195,7 @@ class Pipeline:
         self._last_good_pose = None
         self.last_pose = None  # pose at the newest processed frame (for the status topic)
         self._last_frame_utc: float | None = None
+        self._size_warned = False
         parts.outbox.connection.execute(
             "CREATE TABLE IF NOT EXISTS pipeline_progress (key TEXT PRIMARY KEY, last_time_utc REAL NOT NULL)")
         parts.outbox.connection.commit()
@@ -221,6 +222,13 @@ class Pipeline:
                     else:
                         continue
                     break
+                if frame is not None and frame.time_utc != fd.time_utc:
+                    # The drive's own timing (start_utc, time_offset_s) wins over the file's: offsets can be tuned.
+                    fd = replace(fd, time_utc=frame.time_utc)
+                if frame is not None and frame.size_wh != fd.size_wh and not self._size_warned:
+                    self._size_warned = True
+                    log.warning("cached detections are for %sx%s frames, the drive's video is %sx%s: "
+                                "are they from this drive?", *fd.size_wh, *frame.size_wh)
                 yield frame, fd
             return
         while True:
@@ -311,7 +319,7 @@ class Pipeline:
             event = self._event(c, fd, pose, rule)
             photo_path = None
             if frame is not None and frame.image is not None:
-                label = f"{c.obj.category} {c.sighting.score:.2f}"
+                label = f"{c.obj.category} {c.obj.median_score:.2f}"  # the event's confidence
                 jpeg = encode_jpeg(draw_evidence(frame.image, c.sighting.box_xyxy, label, p.photo_max_width_px),
                                    p.jpeg_quality)
                 photo_path = save_photo(p.photos_dir, event.id, jpeg)
