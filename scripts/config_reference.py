@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Print the configuration reference (every key, its default and meaning) as a Markdown table.
 
-The README's "Configuration" table is this output; tests/test_config.py fails when the two drift apart.
+The README's "Configuration" table is this output; tests/test_readme.py fails when the two drift apart.
+``--write`` replaces the table in README.md.
 """
 
 from __future__ import annotations
@@ -40,5 +41,18 @@ def reference() -> str:
     return "\n".join(lines) + "\n"
 
 
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def write_readme(readme: Path = README) -> None:
+    """Replace the table between the markers in ``readme`` with the current reference."""
+    text = readme.read_text(encoding="utf-8")
+    start, end = text.index(BEGIN), text.index(END) + len(END) + 1
+    readme.write_text(text[:start] + reference() + text[end:], encoding="utf-8")
+
+
 if __name__ == "__main__":
-    sys.stdout.write(reference())
+    if "--write" in sys.argv[1:]:
+        write_readme()
+    else:
+        sys.stdout.write(reference())

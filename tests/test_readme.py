@@ -12,7 +12,8 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 def test_readme_config_table_matches_the_code():
     text = README.read_text(encoding="utf-8")
     start, end = text.index(BEGIN), text.index(END) + len(END)
-    assert text[start:end] + "\n" == reference(), "README config table is stale: run scripts/config_reference.py"
+    stale = "README config table is stale: run scripts/config_reference.py --write"
+    assert text[start:end] + "\n" == reference(), stale
 
 
 def test_readme_commands_exist():
