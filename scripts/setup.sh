@@ -39,9 +39,18 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+# pip's own chatter (build-backend notices) goes to a log, shown only when an install fails
+pip_log=.venv/pip-install.log
+pip_quiet() {
+  if ! .venv/bin/python -m pip install -q "$@" >"$pip_log" 2>&1; then
+    tail -n 40 "$pip_log" >&2
+    echo "setup.sh: pip install $* failed (whole log: $pip_log)" >&2
+    exit 1
+  fi
+}
+pip_quiet --upgrade pip
 extras="dev,centre"
 [ "$want_train" -eq 1 ] && extras="$extras,train"
-.venv/bin/python -m pip install -q -e ".[${extras}]" 2>&1 | grep -v "^WARNING: Location" || true
+pip_quiet -e ".[${extras}]"
 .venv/bin/python -c "import cv2, onnxruntime, paho.mqtt, numpy; print('setup.sh: ok: opencv', cv2.__version__, \
 'onnxruntime', onnxruntime.__version__)"
