@@ -24,6 +24,21 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+def converted_coco_model(name: str = "yolo-fastest-1.1-xl") -> Path:
+    """``models/external/<name>.onnx``, converted from ../shared's Darknet files by scripts/convert_darknet.py
+    when missing (a clean checkout has none: the converted file is not shipped); skips without ../shared."""
+    out = REPO_ROOT / "models" / "external" / f"{name}.onnx"
+    if out.is_file():
+        return out
+    cfg = shared_path("models", "yolo-fastest-1.1-coco", f"{name}.cfg")
+    from scripts import convert_darknet
+
+    tmp = out.with_suffix(".onnx.part")  # a concurrent or killed run never leaves half a model behind
+    assert convert_darknet.main(["--cfg", str(cfg), "--out", str(tmp)]) == 0
+    tmp.replace(out)
+    return out
+
+
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
     """A real Mosquitto on a free port, anonymous, stopped after the test."""

@@ -15,18 +15,14 @@ import onnxruntime as ort
 import pytest
 
 from scripts import bench
-from tests.conftest import REPO_ROOT, shared_path
-
-# A real COCO detector kept in the repo: it finds the parked cars of the GoPro walk, so mapping "car" onto a
-# category makes real events flow end to end (the shipped model may find nothing on this clip).
-COCO_MODEL = REPO_ROOT / "models" / "external" / "yolo-fastest-1.1.onnx"
+from tests.conftest import converted_coco_model, shared_path
 
 
 def _model() -> Path:
-    if not COCO_MODEL.is_file():
-        pytest.skip(f"{COCO_MODEL} missing (scripts/convert_darknet.py makes it)")
+    """A real COCO detector (converted from ../shared): it finds the parked cars of the GoPro walk, so mapping
+    "car" onto a category makes real events flow end to end (the shipped model may find nothing on this clip)."""
     shared_path("drives", "gopro-max-walk", "video.mp4")
-    return COCO_MODEL
+    return converted_coco_model("yolo-fastest-1.1")
 
 
 def _run(tmp_path: Path, capsys, *args: str) -> tuple[dict, str]:

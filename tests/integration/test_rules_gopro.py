@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, shared_path
+from tests.conftest import REPO_ROOT, converted_coco_model, shared_path
 from vehicle.app import ReplayOptions, replay
 from vehicle.config import Config
 from vehicle.dedup import distance_m
@@ -25,19 +25,15 @@ from vehicle.gps import load_track
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-MODELS = [REPO_ROOT / "models" / "external" / n for n in ("yolo-fastest-1.1-xl.onnx", "yolo-fastest-1.1.onnx")]
 # A walk is slow (~1.2 m/s, ~12 m in 10.5 s): the car-speed default of 15 m of travel would never be reached.
 WALK_RULES = "min_travel_m = 5.0\nstationary_radius_m = 3.0\n"
 DEDUP_RADIUS_M = 4.0  # illegal_parking's radius_m in models/categories.yaml
 
 
 def _models() -> tuple[Path, Path]:
-    found = [m for m in MODELS if m.is_file()]
-    if not found:
-        pytest.skip(f"converted COCO model absent ({MODELS[0]}): make it with scripts/convert_darknet.py")
-    # The object model: the XL one when there; the small one stands in for the 13-category model (its COCO
-    # classes map to no category, so it adds nothing but keeps the run cheap).
-    return found[-1], found[0]
+    # The object model: the XL one; the small one stands in for the 13-category model (its COCO classes map to
+    # no category, so it adds nothing but keeps the run cheap).
+    return converted_coco_model("yolo-fastest-1.1"), converted_coco_model("yolo-fastest-1.1-xl")
 
 
 def _config(path: Path, models: tuple[Path, Path], rules: str) -> Path:
