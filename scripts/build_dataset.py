@@ -121,6 +121,35 @@ def mask_to_boxes(mask: np.ndarray, merge_px: int, min_area_px: int) -> list[tup
     return sorted(boxes)
 
 
+def merge_overlapping_boxes(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Replace every group of boxes that overlap (directly or through a chain) by the group's bounding box.
+
+    Masks of two source classes of one category (a pothole inside a cracked patch) would otherwise give nested
+    boxes for one damaged area: a label the model cannot satisfy with one box, and an NMS it must fight.
+
+    Args:
+        boxes: (x0, y0, x1, y1) pixel boxes, x1/y1 exclusive.
+
+    Returns:
+        Disjoint boxes, sorted by x0 then y0.
+    """
+    out = list(boxes)
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(out)):
+            for j in range(i + 1, len(out)):
+                a, b = out[i], out[j]
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    out[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                    del out[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return sorted(out)
+
+
 def _class_map(src: dict, taxonomy: Taxonomy, where: str) -> dict:
     """Source class key -> (taxonomy id or None, entry), checking that every target is a taxonomy name."""
     out = {}
@@ -199,7 +228,7 @@ def collect_masks(src: dict, root: Path, taxonomy: Taxonomy, where: str) -> list
             continue
         stem = m.group("stem")
         h = w = None
-        ids, boxes = [], []
+        per_category: dict[int, list[tuple[int, int, int, int]]] = {}
         for key, (cat_id, entry) in cmap.items():
             mask_path = mask_dir / f"{stem}_{key}.png"
             if not mask_path.is_file():
@@ -210,7 +239,11 @@ def collect_masks(src: dict, root: Path, taxonomy: Taxonomy, where: str) -> list
             h, w = mask.shape
             if cat_id is None:
                 continue
-            for x0, y0, x1, y1 in mask_to_boxes(mask, int(entry["merge_px"]), int(entry["min_area_px"])):
+            per_category.setdefault(cat_id, []).extend(
+                mask_to_boxes(mask, int(entry["merge_px"]), int(entry["min_area_px"])))
+        ids, boxes = [], []
+        for cat_id, cat_boxes in sorted(per_category.items()):
+            for x0, y0, x1, y1 in merge_overlapping_boxes(cat_boxes):
                 ids.append(cat_id)
                 boxes.append(((x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h))
         group = group_of(img.name, src["group_regex"], where)

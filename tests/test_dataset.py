@@ -107,3 +107,25 @@ def test_real_labels_are_mapped_and_inside_the_image(real_items: list) -> None:
     assert bins_only
     kept = {Path(it.image_path).stem: it for it in real_items if it.source == "garbage-cn"}
     assert all(stem in kept and kept[stem].class_ids == () for stem in bins_only)
+
+
+def test_overlapping_boxes_of_one_category_merge_into_one() -> None:
+    nested = [(100, 100, 300, 200), (150, 120, 180, 150)]  # a pothole box inside its cracked patch
+    assert build_dataset.merge_overlapping_boxes(nested) == [(100, 100, 300, 200)]
+    chain = [(0, 0, 10, 10), (9, 9, 20, 20), (19, 0, 30, 10)]  # a overlaps b, b overlaps c, a and c do not
+    assert build_dataset.merge_overlapping_boxes(chain) == [(0, 0, 30, 20)]
+    apart = [(0, 0, 10, 10), (10, 0, 20, 10), (50, 50, 60, 60)]  # touching edges (x1 exclusive) do not overlap
+    assert build_dataset.merge_overlapping_boxes(apart) == apart
+
+
+@pytest.mark.slow
+def test_real_mask_boxes_of_one_image_never_overlap(real_items: list) -> None:
+    def overlap(a, b) -> bool:
+        return abs(a[0] - b[0]) * 2 < a[2] + b[2] - 1e-9 and abs(a[1] - b[1]) * 2 < a[3] + b[3] - 1e-9
+
+    road = [it for it in real_items if it.source == "road-br"]
+    assert sum(len(it.boxes_cxcywh) for it in road) > 1500
+    for it in road:
+        boxes = it.boxes_cxcywh
+        assert not any(overlap(boxes[i], boxes[j]) for i in range(len(boxes)) for j in range(i + 1, len(boxes))), \
+            it.image_path.name
