@@ -12,7 +12,9 @@ One command retrains: the dataset is rebuilt from every source in ``scripts/data
 2. else ``--init WEIGHTS``, or by default the shipped ``models/patrol-yolo11n.pt`` when it exists: a new
    segment (fresh lr schedule) from those weights. This is how training goes on across sessions and machines:
    ``runs/`` is not in git, the shipped checkpoint is;
-3. else (or with ``--fresh``) from the model yaml: no pretrained weights can be downloaded here.
+3. else (or with ``--fresh``) from the model yaml, by default ``models/patrol-fastest.yaml``: Yolo-Fastest's
+   COCO-trained backbone from ``../shared`` (the only pretrained network here; nothing can be downloaded) under a
+   YOLO11n neck and head trained from scratch. The yaml's ``freeze`` key says how many of its layers stay frozen.
 
 ``--ship`` then copies the run's ``last.pt`` (optimizer stripped) to ``models/patrol-yolo11n.pt``, exports
 ``models/patrol-yolo11n.onnx`` with ``scripts/export.py`` (parity check on 50 validation images) and rewrites
@@ -38,6 +40,7 @@ sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "scripts")]
 DEFAULT_DATA = REPO_ROOT / "datasets" / "patrol13" / "data.yaml"
 RUNS_DIR = REPO_ROOT / "runs"
 SHIPPED_WEIGHTS = REPO_ROOT / "models" / "patrol-yolo11n.pt"
+DEFAULT_MODEL_YAML = REPO_ROOT / "models" / "patrol-fastest.yaml"
 
 
 class TrainSetupError(ValueError):
@@ -149,7 +152,8 @@ def _use_every_core() -> None:
     torch.set_num_threads(torch_utils.NUM_THREADS)
 
 
-def train(profile_name: str, name: str | None = None, data: Path = DEFAULT_DATA, model_yaml: str = "yolo11n.yaml",
+def train(profile_name: str, name: str | None = None, data: Path = DEFAULT_DATA,
+          model_yaml: str = str(DEFAULT_MODEL_YAML),
           init: Path | None = None, fresh: bool = False, runs_dir: Path = RUNS_DIR, **overrides: object) -> Path:
     """Train (or resume) and return the run folder.
 
@@ -169,6 +173,8 @@ def train(profile_name: str, name: str | None = None, data: Path = DEFAULT_DATA,
         raise TrainSetupError(f"{init}: --init weights not found")
     if model_yaml.endswith(".pt"):
         raise TrainSetupError(f"{model_yaml}: --model takes a model yaml; start from weights with --init")
+    if not Path(model_yaml).is_file() and (REPO_ROOT / model_yaml).is_file():  # a repo path from another folder
+        model_yaml = str(REPO_ROOT / model_yaml)
     prof = replace(PROFILES[profile_name], **{k: v for k, v in overrides.items() if v is not None})
     name = name or f"patrol13-{profile_name}"
     run = runs_dir / name
@@ -178,6 +184,7 @@ def train(profile_name: str, name: str | None = None, data: Path = DEFAULT_DATA,
 
     from ultralytics import YOLO
 
+    import scripts.pretrained_backbone  # noqa: F401  (registers DarknetLayers; checkpoints pickle it by this path)
     from scripts.ultralytics_offline import forbid_downloads
 
     forbid_downloads()
@@ -201,8 +208,9 @@ def train(profile_name: str, name: str | None = None, data: Path = DEFAULT_DATA,
     print(f"training {start or model_yaml} on {data} with profile {profile_name}: {args}")
     model = YOLO(start or model_yaml)
     model.add_callback("on_model_save", _keep_safe_copy)
+    freeze = int(getattr(model.model, "yaml", {}).get("freeze", 0))  # the model yaml says which layers stay frozen
     model.train(
-        data=str(data), project=str(runs_dir.resolve()), name=name, exist_ok=True, pretrained=start,
+        data=str(data), project=str(runs_dir.resolve()), name=name, exist_ok=True, pretrained=start, freeze=freeze,
         amp=False,  # the AMP check downloads yolo11n.pt
         plots=False,  # plotting fetches a font
         patience=0, seed=0, deterministic=False, verbose=True, **args)
@@ -238,7 +246,8 @@ def main() -> None:
     ap.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="folder of the run folders")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA,
                     help="dataset yaml (default: rebuilt from scripts/dataset_sources.yaml)")
-    ap.add_argument("--model", default="yolo11n.yaml", help="model yaml when starting from scratch")
+    ap.add_argument("--model", default=str(DEFAULT_MODEL_YAML.relative_to(REPO_ROOT)),
+                    help="model yaml when starting from scratch (ultralytics' own, e.g. yolo11n.yaml, work too)")
     ap.add_argument("--init", type=Path, default=None,
                     help="weights to start from (default: models/patrol-yolo11n.pt when present)")
     ap.add_argument("--fresh", action="store_true", help="start from the model yaml, ignoring every checkpoint")

@@ -94,7 +94,7 @@ def test_trains_from_the_model_yaml_without_touching_the_network(tiny_dataset: P
     run = tmp_path / "runs" / "tiny"
     assert _epochs_done(run) == 2
     assert (run / "weights" / "last.pt").is_file()
-    assert "yolo11n.yaml" in proc.stdout  # started from the yaml, not from a downloaded .pt
+    assert "patrol-fastest.yaml" in proc.stdout  # started from the yaml (backbone from ../shared), no download
 
 
 def _saved_epoch(weights: Path) -> int:
