@@ -69,12 +69,13 @@ class _Obj:
     """One stored object while it sits in the in-memory cell cache (a row of ``dedup_objects``)."""
 
     __slots__ = ("_scores", "category", "cell", "first_seen", "ground_ok", "last_frame", "last_seen", "lat", "lon",
-                 "object_id", "observations", "publications", "published_at", "weight")
+                 "object_id", "observations", "publications", "published_at", "weight", "x", "y")
 
-    def __init__(self, row: tuple):
+    def __init__(self, row: tuple, xy: tuple[float, float]):
         (self.object_id, self.category, self.cell, self.lat, self.lon, self.weight, ground_ok, self.observations,
          self._scores, self.first_seen, self.last_seen, self.last_frame, self.published_at, self.publications) = row
         self.ground_ok = bool(ground_ok)
+        self.x, self.y = xy  # metres on the index's projection (see DedupIndex._xy_m), kept with lat/lon
 
     @property
     def scores(self) -> list[float]:
@@ -208,6 +209,7 @@ class DedupIndex:
     def __init__(self, conn: sqlite3.Connection, policy: DedupPolicy, flush_interval_s: float = 1.0):
         self.conn = conn
         self.policy = policy
+        self._policies = dict(policy.categories)  # a plain dict lookup per sighting
         # Changes are written at once when an object is published (so the event and its object commit together)
         # and otherwise at most this often (frame time): a crash loses at most this much observation history,
         # never an event, and the car does not pay an SQLite write (and an fsync) for every frame.
@@ -222,6 +224,9 @@ class DedupIndex:
         # Write-through cache of recently used cells: (category, cell) -> {object_id: _Obj}. A car sees each
         # object in many consecutive frames, so almost every lookup after the first is answered from memory.
         self._cells: OrderedDict[tuple[str, int], dict[str, _Obj]] = OrderedDict()
+        # The 3 x 3 cells around the last sighting of each category: consecutive frames see the same objects, so
+        # most sightings reuse them without nine cache probes. Cleared whenever cells leave the cache.
+        self._hood: dict[str, tuple[int, list[dict[str, _Obj]]]] = {}
         self._dirty: dict[str, _Obj] = {}
         self._flushed_utc = -math.inf
 
@@ -252,7 +257,7 @@ class DedupIndex:
             for row in self.conn.execute(
                     f"SELECT {_COLUMNS} FROM dedup_objects WHERE category = ? AND cell IN ({marks})",
                     (category, *missing)):
-                obj = self._dirty.get(row[0]) or _Obj(row)
+                obj = self._dirty.get(row[0]) or _Obj(row, self._xy_m(row[3], row[4]))
                 fresh[obj.cell][obj.object_id] = obj
             for k, objs in fresh.items():
                 self._cells[(category, k)] = objs
@@ -262,73 +267,87 @@ class DedupIndex:
             out.append(self._cells[(category, k)])
         return out
 
-    def _nearest(self, s: Sighting, radius_m: float) -> tuple[_Obj | None, int]:
+    def _nearest(self, s: Sighting, radius_m: float) -> tuple[_Obj | None, int, float, float]:
         """The object this sighting belongs to: the nearest within ``radius_m``, else the nearest already
         published one within the re-acquisition gate (a repeat pass carries a fresh GPS error, so the same
-        object comes back further away than sightings of one pass scatter). Also the sighting's cell key."""
+        object comes back further away than sightings of one pass scatter). Also the sighting's cell key and
+        its planar position."""
         gate_m = radius_m * self.policy.reacquire_factor
         x, y = self._xy_m(s.lat_deg, s.lon_deg)
-        centre = self._cell_key(math.floor(x / gate_m), math.floor(y / gate_m))
-        keys = [centre + o for o in _NEIGHBOUR_OFFSETS]
+        centre = (math.floor(x / gate_m) + _CELL_BIAS) * (1 << 30) + math.floor(y / gate_m) + _CELL_BIAS  # _cell_key
         cat = s.category
-        get = self._cells.get
-        cells = [get((cat, k)) for k in keys]
-        if None in cells:
-            cells = self._load_cells(cat, keys)
+        hood = self._hood.get(cat)
+        if hood is not None and hood[0] == centre:
+            cells = hood[1]
         else:
-            self._cells.move_to_end((cat, keys[4]))
+            keys = [centre + o for o in _NEIGHBOUR_OFFSETS]
+            get = self._cells.get
+            cells = [get((cat, k)) for k in keys]
+            if None in cells:
+                cells = self._load_cells(cat, keys)
+            else:
+                self._cells.move_to_end((cat, centre))
+            self._hood[cat] = (centre, cells)
         # Planar distances on the index's own projection: exact to millimetres over a few tens of metres.
         best, best_d2 = None, radius_m * radius_m
         published, published_d2 = None, gate_m * gate_m
         for objs in cells:
             for obj in objs.values():
-                ox, oy = self._xy_m(obj.lat, obj.lon)
-                d2 = (ox - x) ** 2 + (oy - y) ** 2
+                d2 = (obj.x - x) ** 2 + (obj.y - y) ** 2
                 if d2 <= best_d2:
                     best, best_d2 = obj, d2
                 if obj.publications > 0 and d2 <= published_d2:
                     published, published_d2 = obj, d2
-        return (best if best is not None else published), keys[4]
+        return (best if best is not None else published), centre, x, y
 
     # -- update -------------------------------------------------------------------------------------------------
     def update(self, sightings: Sequence[Sighting], now_utc: float) -> list[Confirmation]:
         """Merge one frame's sightings into the index; return the objects to publish now."""
         out: list[Confirmation] = []
+        suppress_s, ttl_s = self.policy.suppress_s, self.policy.candidate_ttl_s
         for s in sorted(sightings, key=lambda s: -s.score):
-            pol = self.policy.for_category(s.category)
+            pol = self._policies.get(s.category) or self.policy.for_category(s.category)
             gate_m = pol.radius_m * self.policy.reacquire_factor
             w = 1.0 / max(s.range_m or 3.0, 3.0) ** 2 if s.ground_ok else 1e-4
-            obj, cell = self._nearest(s, pol.radius_m)
+            obj, cell, x, y = self._nearest(s, pol.radius_m)
             if obj is None:
                 # Deterministic: the same first sighting always makes the same object (and so the same event
                 # ids), whether a drive is replayed twice or a killed run redoes frames it had not committed.
                 obj = _Obj((object_id_for(s), s.category, cell, s.lat_deg, s.lon_deg, w, s.ground_ok, 1, [s.score],
-                            s.time_utc, s.time_utc, s.frame_index, None, 0))
+                            s.time_utc, s.time_utc, s.frame_index, None, 0), (x, y))
                 self._cells[(s.category, cell)][obj.object_id] = obj
+                scores = obj.scores
             else:
                 if obj.last_frame == s.frame_index and obj.last_seen == s.time_utc:
                     continue  # a second box of the same object in one frame adds nothing
-                if s.time_utc - obj.last_seen > self.policy.candidate_ttl_s:
+                if s.time_utc - obj.last_seen > ttl_s:
                     obj.scores = []  # a new pass: confirmation starts again
                 # Near sightings place an object better than far ones: weight by 1/range^2.
                 total = obj.weight + w
                 obj.lat = (obj.lat * obj.weight + s.lat_deg * w) / total
                 obj.lon = (obj.lon * obj.weight + s.lon_deg * w) / total
+                obj.x, obj.y = (obj.x * obj.weight + x * w) / total, (obj.y * obj.weight + y * w) / total
                 obj.weight, obj.ground_ok = total, obj.ground_ok or s.ground_ok
                 obj.observations += 1
-                obj.scores = [*obj.scores, s.score][-MAX_SCORES_KEPT:]
+                scores = obj.scores  # the object's own list: appended in place
+                scores.append(s.score)
+                if len(scores) > MAX_SCORES_KEPT:
+                    del scores[0]
                 obj.last_seen, obj.last_frame = s.time_utc, s.frame_index
-                new_cell = self._cell_key(*self._cell(obj.lat, obj.lon, gate_m))
+                new_cell = self._cell_key(math.floor(obj.x / gate_m), math.floor(obj.y / gate_m))
                 if new_cell != obj.cell:  # the mean moved across a cell border
                     self._load_cells(s.category, [obj.cell])[0].pop(obj.object_id, None)
                     self._load_cells(s.category, [new_cell])[0][obj.object_id] = obj
                     obj.cell = new_cell
             self._dirty[obj.object_id] = obj
-            median = _median(obj.scores)
-            if len(obj.scores) >= pol.min_frames and median >= pol.min_median_score and (
+            # The cheap tests first: most sightings are of objects still confirming or already published.
+            if len(scores) < pol.min_frames or not (
                 obj.publications == 0
-                or (obj.published_at is not None and s.time_utc - obj.published_at >= self.policy.suppress_s)
+                or (obj.published_at is not None and s.time_utc - obj.published_at >= suppress_s)
             ):
+                continue
+            median = _median(scores)
+            if median >= pol.min_median_score:
                 obj.publications += 1
                 obj.published_at = s.time_utc
                 snap = TrackedObject(obj.object_id, s.category, obj.lat, obj.lon, obj.ground_ok, obj.observations,
@@ -346,6 +365,7 @@ class DedupIndex:
         if now_utc is not None:
             self._flushed_utc = now_utc
         if len(self._cells) > MAX_CACHED_CELLS:
+            self._hood.clear()
             while len(self._cells) > MAX_CACHED_CELLS * 0.9:
                 self._cells.popitem(last=False)
 
