@@ -30,8 +30,16 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "setup.sh: installing system packages: ${need[*]}"
   sudo_cmd=()
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
-  "${sudo_cmd[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
+  # dpkg's per-file chatter goes to a log, shown only when the install fails
+  apt_log=$(mktemp -t patrol-apt.XXXXXX)
+  if ! { "${sudo_cmd[@]}" apt-get update -qq &&
+         DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends \
+           "${need[@]}"; } >"$apt_log" 2>&1; then
+    tail -n 40 "$apt_log" >&2
+    echo "setup.sh: apt-get install ${need[*]} failed (whole log: $apt_log)" >&2
+    exit 1
+  fi
+  rm -f "$apt_log"
 fi
 # The Debian packages start their own daemons on a fresh machine; the tests start private ones on free ports.
 
