@@ -45,7 +45,7 @@ from scripts.bench_pipeline import (  # noqa: E402
     peak_rss_mb,
 )
 
-DEFAULT_MODEL = ROOT / "models" / "patrol-yolo11n.onnx"
+DEFAULT_MODEL = ROOT / "models" / "patrol-detector.onnx"
 SECTIONS = ("a", "b", "c", "d", "e")
 FLOORS = {
     "pipeline_ratio_min": 0.95,

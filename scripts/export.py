@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/export.py --weights runs/patrol13-cpu/weights/last.pt
 
-Writes ``models/patrol-yolo11n.onnx`` (static input, imgsz as trained, opset 17 so TensorRT 8.5+ on the Jetson
+Writes ``models/patrol-detector.onnx`` (static input, imgsz as trained, opset 17 so TensorRT 8.5+ on the Jetson
 reads it) with ultralytics' metadata (``names``, ``imgsz``, ``stride``) plus ``trained_categories`` (JSON list of
 the categories that had training boxes). Then runs the parity check: the same letterboxed image through the
 ``.pt`` (ultralytics predict) and the ``.onnx`` (onnxruntime); every box must have a partner of the same class
@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from vehicle.categories import Taxonomy  # noqa: E402
 
-DEFAULT_OUT = REPO_ROOT / "models" / "patrol-yolo11n.onnx"
+DEFAULT_OUT = REPO_ROOT / "models" / "patrol-detector.onnx"
 DEFAULT_DATA = REPO_ROOT / "datasets" / "patrol13" / "data.yaml"
 OPSET = 17
 MAX_MODEL_MB = 15.0

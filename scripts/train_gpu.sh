@@ -32,6 +32,10 @@ prepare)
             -d .whl "$pkg==$(ver "$pkg")"
     done
     $py scripts/build_dataset.py --out .gpu/patrol13 --copy-jpeg-quality 50 --copy-max-side 512 --sample 0
+    # the pretrained backbone's Darknet files (3.7 MB; models/patrol-fastest.yaml reads them via PATROL_SHARED)
+    darknet=.gpu/shared/models/yolo-fastest-1.1-coco
+    mkdir -p "$darknet"
+    cp "${PATROL_SHARED:-../shared}"/models/yolo-fastest-1.1-coco/yolo-fastest-1.1-xl.{cfg,weights} "$darknet/"
     # what travels: the repo's tracked and untracked-not-ignored files plus the two carried folders
     tree=$(git ls-files -co --exclude-standard -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
     total=$(( tree + $(du -sbc .whl .gpu | tail -1 | cut -f1) ))
@@ -48,7 +52,7 @@ run)
     mkdir -p /tmp/site/polars
     echo 'def read_csv(*a, **k): raise RuntimeError("polars not carried (see scripts/train_gpu.sh)")' \
         > /tmp/site/polars/__init__.py
-    export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 YOLO_OFFLINE=1 YOLO_AUTOINSTALL=false
+    export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 YOLO_OFFLINE=1 YOLO_AUTOINSTALL=false PATROL_SHARED=$PWD/.gpu/shared
     # the dataset was written with this machine's absolute path: point it at the copy that travelled
     sed -i "s#^path: .*#path: $PWD/.gpu/patrol13#" .gpu/patrol13/data.yaml
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true

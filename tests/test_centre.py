@@ -53,7 +53,7 @@ def make_event(
         "location": {"fix_mode": 3, "hdop": 0.9, "fix_age_s": 0.2, "ground_projection_ok": True, "range_m": 7.5},
         "vehicle_pose": {"lat": lat, "lon": lon, "heading_deg": 90.0, "speed_mps": 5.0},
         "box_xyxy": [10, 20, 110, 220], "image_size_wh": [1280, 720], "frame_index": 42,
-        "model": {"name": "patrol-yolo11n", "sha256": "0" * 64},
+        "model": {"name": "patrol-detector", "sha256": "0" * 64},
         "snapshot_topic": snapshot_topic(vehicle_id, event_id), "rule": rule,
     }  # fmt: skip
     return Event.model_validate(

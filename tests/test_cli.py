@@ -48,8 +48,8 @@ def assert_one_error_line(res: subprocess.CompletedProcess, code: int, *must_con
 # -- configuration: exit 2 ----------------------------------------------------------------------------------------
 
 def test_check_config_accepts_the_installed_template() -> None:
-    if not (REPO_ROOT / "models" / "patrol-yolo11n.onnx").is_file():
-        pytest.skip("models/patrol-yolo11n.onnx (the shipped model the template names) is not in this checkout")
+    if not (REPO_ROOT / "models" / "patrol-detector.onnx").is_file():
+        pytest.skip("models/patrol-detector.onnx (the shipped model the template names) is not in this checkout")
     res = patrol("check-config", str(TEMPLATE))
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == {"config": str(TEMPLATE), "vehicle_id": "car-001", "ok": True}
@@ -91,7 +91,7 @@ def test_check_config_names_a_missing_model_file(tmp_path: Path) -> None:
     ('[camera]\nsource = "/dev/video0"\n[mqtt.tls]\nenabled = true\nca_file = "nope.pem"\n', "mqtt.tls.ca_file"),
 ])
 def test_check_config_catches_what_run_would_reject(tmp_path: Path, toml: str, key: str) -> None:
-    if not (REPO_ROOT / "models" / "patrol-yolo11n.onnx").is_file():
+    if not (REPO_ROOT / "models" / "patrol-detector.onnx").is_file():
         pytest.skip("the shipped model is missing")
     cfg = tmp_path / "patrol.toml"
     cfg.write_text(toml)

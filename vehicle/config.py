@@ -64,7 +64,7 @@ class GpsConfig(_Section):
 class DetectorConfig(_Section):
     """The ONNX model and how it runs."""
 
-    model_file: str = Field(default="models/patrol-yolo11n.onnx", description="ultralytics-exported YOLO ONNX")
+    model_file: str = Field(default="models/patrol-detector.onnx", description="ultralytics-exported YOLO ONNX")
     score_threshold: float = Field(default=0.25, ge=0, le=1, description="boxes scoring lower are ignored")
     iou_threshold: float = Field(default=0.5, gt=0, le=1, description="class-aware NMS IoU")
     max_detections: int = Field(default=100, ge=1, description="at most this many boxes a frame")
