@@ -184,6 +184,9 @@ def export(weights: Path, out: Path, data_yaml: Path) -> Path:
     if names != taxonomy.names:
         raise ExportError(f"{out}: metadata names {names} differ from the taxonomy {taxonomy.names}")
     covered = trained_categories(data_yaml, names) if data_yaml.is_file() else []
+    for entry in proto.metadata_props:
+        if entry.key == "description":  # ultralytics writes this machine's absolute dataset path there
+            entry.value = f"patrol detector from {weights.name}, trained on the patrol13 dataset"
     for key, value in (("trained_categories", json.dumps(covered)), ("source_weights_sha256", sha256(weights))):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

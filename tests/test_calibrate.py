@@ -205,7 +205,7 @@ def test_mount_cli_measured_and_points(tmp_path: Path, capsys: pytest.CaptureFix
     assert printed.count("point ") == 8 and "point 1 (6 m, -2 m): 0.00 px" in printed
     assert CameraCalibration.load(path).pitch_deg == pytest.approx(6.0, abs=0.01)
     csv_path.write_text("u_px,v_px,forward_m,right_m\n1,2,three,4\n")
-    assert args.func(args) == 2
+    assert args.func(args) == 1
     assert "line 2: forward_m: not a number" in capsys.readouterr().err
 
 
@@ -245,8 +245,21 @@ def test_board_and_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     with pytest.raises(CalibrationError, match="--board"):
         parse_board("nine by six")
     args = _parse(["calibrate", "check", "--calibration", str(tmp_path / "none.toml"), "--frame", "x.png"])
-    assert args.func(args) == 2
+    assert args.func(args) == 1
     assert "none.toml: cannot read" in capsys.readouterr().err
+    calib = REPO_ROOT / "calibration" / "udacity-car-camera.toml"
+    args = _parse(["calibrate", "check", "--calibration", str(calib), "--frame", str(tmp_path / "none.png"),
+                   "--out", str(tmp_path / "c.png")])
+    assert args.func(args) == 1
+    assert capsys.readouterr().err.splitlines() == [f"patrol: error: {tmp_path / 'none.png'}: --frame: no such file"]
+    square = tmp_path / "square.png"
+    cv2.imwrite(str(square), np.zeros((400, 400, 3), np.uint8))
+    args = _parse(["calibrate", "check", "--calibration", str(calib), "--frame", str(square),
+                   "--out", str(tmp_path / "c.png")])
+    assert args.func(args) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"patrol: error: {square}: --frame is 400x400, but {calib} is "
+                                               "calibrated for 1280x720"), err
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

@@ -113,6 +113,15 @@ def test_run_with_a_bad_config_exits_2_before_starting_anything(tmp_path: Path) 
     assert not data.exists()  # no data folder, no outbox, no camera opened
 
 
+@pytest.mark.parametrize("command", ["run", "record"])
+def test_a_missing_camera_source_is_a_config_error_for_run_and_record(tmp_path: Path, command: str) -> None:
+    cfg = tmp_path / "patrol.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n[camera]\nsource = "absent.mp4"\n')
+    args = ["--config", str(cfg)] + (["--out", str(tmp_path / "drive")] if command == "record" else [])
+    assert_one_error_line(patrol(command, *args), 2, "camera.source", "absent.mp4 not found")
+    assert not (tmp_path / "drive").exists() and not (tmp_path / "data").exists()
+
+
 def test_run_with_a_missing_config_file_exits_2(tmp_path: Path) -> None:
     assert_one_error_line(patrol("run", "--config", str(tmp_path / "nope.toml")), 2, "not found")
 
@@ -179,6 +188,15 @@ def test_gps_log_without_a_fix_is_one_line_and_keeps_the_outbox(tmp_path: Path, 
     res = patrol("replay", str(bad), "--config", str(cfg), "--state", str(state), "--detections", str(detections))
     assert_one_error_line(res, 1, "no fix", str(bad / "gps.nmea"))
     assert outbox_rows(state) == before
+
+
+def test_cached_detections_of_another_camera_are_refused(tmp_path: Path, filled_state) -> None:
+    drive, cfg, detections, _ = filled_state
+    other = tmp_path / "other.jsonl"  # the same boxes, as if detected in another camera's 1280x720 frames
+    other.write_text(detections.read_text().replace('"size_wh": [848, 480]', '"size_wh": [1280, 720]'))
+    res = patrol("replay", str(drive), "--config", str(cfg), "--state", str(tmp_path / "state"),
+                 "--detections", str(other))
+    assert_one_error_line(res, 1, str(other), "detections are for 1280x720 frames, this drive's video is 848x480")
 
 
 def test_missing_drive_folder_is_one_line(tmp_path: Path) -> None:

@@ -174,6 +174,22 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path, sim_drive: Path, capsys)
         load_events(events)
 
 
+def test_a_missing_or_broken_dataset_yaml_is_one_line(tmp_path: Path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    not_yaml = tmp_path / "notes.yaml"
+    not_yaml.write_text("a: [1, 2\nb: }")
+    no_names = tmp_path / "data.yaml"
+    no_names.write_text("path: x\ntrain: images\n")
+    for data, want in ((tmp_path / "none.yaml", "dataset yaml not found (the patrol13 dataset"),
+                       (not_yaml, "not a readable dataset yaml"), (no_names, "no 'names'")):
+        rc = main(["eval", "detections", "--images", str(images), "--data", str(data), "--out", str(tmp_path / "o"),
+                   "--no-progress"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 1 and len(err) == 1, err
+        assert err[0].startswith(f"patrol: error: {data}: {want}"), err[0]
+
+
 def test_progress_bar_text(capsys):
     p = Progress("replay x", 200)
     p.update(50, force=True)

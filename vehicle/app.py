@@ -27,7 +27,7 @@ from vehicle.detection_log import DetectionLogError, DetectionLogWriter, read_de
 from vehicle.detector import ModelError, load_detector
 from vehicle.drive import Drive, DriveError, open_drive, utc_iso
 from vehicle.events import ModelRef, Status, StatusState, status_topic
-from vehicle.frames import FrameSourceError, SourceCounters, open_source
+from vehicle.frames import FrameSourceError, SourceCounters, is_live_spec, open_source
 from vehicle.geometry import CalibrationError, CameraCalibration
 from vehicle.gps import GnssClock, GpsdReader, GpsLogError, PoseTrack, load_track
 from vehicle.mqtt import BrokerSettings, Publisher
@@ -59,6 +59,7 @@ class ReplayOptions:
     no_mqtt: bool = False
     flush_timeout_s: float = 30.0
     on_frame: Callable[[RunCounters], None] | None = None  # e.g. a progress bar
+    summary: bool = True  # print the one-line summary on stderr at the end
 
 
 def _load(config_file: Path | None) -> tuple[Config, Path]:
@@ -233,6 +234,7 @@ def replay(opts: ReplayOptions) -> RunCounters:
             stack.callback(det_out.close)
         parts = PipelineParts(
             vehicle_id=cfg.vehicle_id, frames=frames, detect=stage, cached=cached, pose_at=track.pose_at,
+            cached_name=str(opts.detections),
             calibration=calibration, dedup=dedup, outbox=outbox, model_ref=ref, photos_dir=state_dir / "photos",
             min_range_m=cfg.location.min_range_m, max_range_m=cfg.location.max_range_m,
             no_fix_policy=g.no_fix_policy, jpeg_quality=cfg.photo.jpeg_quality,
@@ -254,8 +256,9 @@ def replay(opts: ReplayOptions) -> RunCounters:
                 log.warning("broker did not take every event within %.0f s: %d stay in the outbox %s",
                             opts.flush_timeout_s, outbox.stats().depth, outbox.path)
             publisher.stop(offline_status_payload=_offline_status(cfg.vehicle_id))
-        print(f"replay {drive.root.name}: {summary_line(counters)} bad_frames={source_counters.bad_frames} "
-              f"covered={','.join(covered)} state={state_dir}", file=sys.stderr, flush=True)
+        if opts.summary:
+            print(f"replay {drive.root.name}: {summary_line(counters)} bad_frames={source_counters.bad_frames} "
+                  f"covered={','.join(covered)} state={state_dir}", file=sys.stderr, flush=True)
         return counters
 
 
@@ -292,7 +295,7 @@ def run_live(config_file: Path) -> int:
         t = clock.utc_at(mono)
         return t if t is not None else time.time()  # before the first fix: the system clock, flagged by no fix
 
-    if _is_live(cfg.camera.source):
+    if is_live_spec(cfg.camera.source):
         source = open_source(cfg.camera.source, time.time(), cfg.camera.stills_interval_s, utc_now=utc_now,
                              watchdog_timeout_s=cfg.camera.watchdog_timeout_s,
                              reopen_backoff_max_s=cfg.camera.reopen_backoff_max_s, max_fps=cfg.camera.max_fps)
@@ -339,15 +342,6 @@ def run_live(config_file: Path) -> int:
     return 0
 
 
-def _is_live(spec: str) -> bool:
-    return spec.startswith(("/dev/video", "rtsp://", "rtsps://", "http://", "https://")) or "!" in spec or \
-        spec.isdigit()
-
-
-def resolve_source(spec: str, base: Path) -> str:
-    """Live specs pass through; file paths resolve against the config's folder."""
-    return spec if _is_live(spec) else str(resolve_path(spec, base))
-
 
 def _as_config_error(key: str, exc: Exception) -> ConfigError:
     return ConfigError(f"{key}: {exc}")
@@ -361,7 +355,7 @@ def validate_service_config(cfg: Config, base: Path, config_file: Path) -> Taxon
     where = str(config_file)
     if not cfg.camera.source:
         raise ConfigError(f"{where}: camera.source: required for `patrol run`")
-    if not _is_live(cfg.camera.source) and not resolve_path(cfg.camera.source, base).exists():
+    if not is_live_spec(cfg.camera.source) and not resolve_path(cfg.camera.source, base).exists():
         raise ConfigError(f"{where}: camera.source: {cfg.camera.source} not found (not a file, folder, "
                           "device, URL or pipeline)")
     try:

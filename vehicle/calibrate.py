@@ -374,12 +374,20 @@ def check_picture(calibration_path: str | Path, frame_path: str | Path, out_path
                   max_range_m: float = 30.0) -> Path:
     """Draw the check grid onto a frame file and save it as PNG (default: <calibration>-check.png)."""
     calib = CameraCalibration.load(calibration_path)
+    if not Path(frame_path).is_file():  # checked here: OpenCV would also print a warning of its own
+        raise CalibrationError(f"{frame_path}: --frame: no such file")
     frame = cv2.imread(str(frame_path), cv2.IMREAD_COLOR)
     if frame is None:
         raise CalibrationError(f"{frame_path}: --frame: cannot read image")
     out = Path(out_path) if out_path else Path(calibration_path).with_name(Path(calibration_path).stem + "-check.png")
+    try:
+        picture = draw_check(calib, frame, max_range_m=max_range_m)
+    except CalibrationError:
+        (w0, h0), (h, w) = calib.image_size_wh, frame.shape[:2]
+        raise CalibrationError(f"{frame_path}: --frame is {w}x{h}, but {calibration_path} is calibrated for "
+                               f"{w0}x{h0} (another aspect ratio: a crop or another camera?)") from None
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), draw_check(calib, frame, max_range_m=max_range_m)):
+    if not cv2.imwrite(str(out), picture):
         raise CalibrationError(f"{out}: --out: cannot write PNG")
     return out
 
@@ -424,9 +432,9 @@ def _cmd_intrinsics(args: argparse.Namespace) -> int:
         keep = CameraCalibration.load(args.out) if args.out.exists() else None
         res = calibrate_intrinsics(args.images, cols, rows, args.square_mm, mount_from=keep)
         res.calibration.save(args.out)
-    except CalibrationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except CalibrationError as e:  # bad input (images, points, frame): exit 1, as every patrol command
+        print(f"patrol: error: {e}", file=sys.stderr)
+        return 1
     for s in res.skipped:
         print(f"skipped {s.name}: {s.reason}")
     for name, err in res.per_image_rms_px.items():
@@ -465,9 +473,9 @@ def _cmd_mount(args: argparse.Namespace) -> int:
             calib = mount_from_measurements(calib, args.height_m, args.pitch_deg, args.roll_deg, args.yaw_deg,
                                             None if args.lever_arm_m is None else tuple(args.lever_arm_m))
         calib.save(out)
-    except CalibrationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except CalibrationError as e:  # bad input (images, points, frame): exit 1, as every patrol command
+        print(f"patrol: error: {e}", file=sys.stderr)
+        return 1
     print(f"height {calib.height_m:.3f} m, pitch {calib.pitch_deg:.2f}, roll {calib.roll_deg:.2f}, "
           f"yaw {calib.yaw_deg:.2f} deg; wrote {out}")
     return 0
@@ -476,9 +484,9 @@ def _cmd_mount(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     try:
         out = check_picture(args.calibration, args.frame, args.out, args.max_range_m)
-    except CalibrationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except CalibrationError as e:  # bad input (images, points, frame): exit 1, as every patrol command
+        print(f"patrol: error: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {out}")
     return 0
 

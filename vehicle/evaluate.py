@@ -221,7 +221,8 @@ def run_replay(drive_dir: Path, out_dir: Path, label: str, config: Path | None =
     t0 = time.monotonic()
     try:
         counters = replay(ReplayOptions(drive_dir=drive_dir, config_file=config, out=str(events_file),
-                                        detections=det, state_dir=work / "state", no_mqtt=True))
+                                        detections=det, state_dir=work / "state", no_mqtt=True,
+                                        summary=not progress))  # its summary line would run into the bar
     finally:
         stop.set()
         if watcher is not None:
@@ -428,17 +429,33 @@ def _cmd_detections(args: argparse.Namespace) -> int:
     if args.names:
         names = [n.strip() for n in args.names.split(",")]
     elif args.data:
-        import yaml
-
-        data = yaml.safe_load(Path(args.data).read_text(encoding="utf-8"))
-        raw = (data or {}).get("names")
-        names = [raw[k] for k in sorted(raw)] if isinstance(raw, dict) else list(raw or [])
+        names = _names_from_data_yaml(Path(args.data))
     from vehicle.eval_detections import eval_detections
 
     doc = eval_detections(Path(args.images), out, names, _opt_path(args.labels), _opt_path(args.model),
                           _opt_path(args.predictions), args.max_dets, args.conf, args.iou, not args.no_progress)
     _print_summary(doc, out)
     return 0
+
+
+def _names_from_data_yaml(path: Path) -> list[str]:
+    """Class names from an ultralytics dataset yaml (``names`` as a list or an id -> name mapping)."""
+    import yaml
+
+    if not path.is_file():
+        raise EvalError(f"{path}: dataset yaml not found (the patrol13 dataset: .venv/bin/python "
+                        "scripts/build_dataset.py)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise EvalError(f"{path}: not a readable dataset yaml ({str(exc).splitlines()[0]})") from None
+    raw = data.get("names") if isinstance(data, dict) else None
+    if not raw or not isinstance(raw, (dict, list)):
+        raise EvalError(f"{path}: no 'names' (list, or id -> name mapping) in the dataset yaml")
+    try:
+        return [str(raw[k]) for k in sorted(raw)] if isinstance(raw, dict) else [str(n) for n in raw]
+    except TypeError:
+        raise EvalError(f"{path}: 'names' keys must be class ids") from None
 
 
 def _opt_path(value: str | None) -> Path | None:

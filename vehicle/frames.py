@@ -296,6 +296,12 @@ class LiveSource:
             self._thread.join(5)
 
 
+def is_live_spec(spec: str) -> bool:
+    """Whether a camera source names a live device, stream or GStreamer pipeline rather than a file or folder."""
+    return spec.startswith(("/dev/video", "rtsp://", "rtsps://", "http://", "https://")) or "!" in spec or \
+        spec.isdigit()
+
+
 def open_source(spec: str, start_utc: float = 0.0, stills_interval_s: float = 1.0, **live_kwargs):
     """The right source for ``spec``: a video file, a folder of stills, or a live camera."""
     p = Path(spec)

@@ -22,7 +22,7 @@ from typing import IO
 import numpy as np
 
 from vehicle.dedup import Confirmation, DedupIndex, Sighting
-from vehicle.detection_log import CategoryBox, DetectionLogWriter, FrameDetections
+from vehicle.detection_log import CategoryBox, DetectionLogError, DetectionLogWriter, FrameDetections
 from vehicle.detector import Detections, OnnxDetector, UltralyticsDetector
 from vehicle.drive import utc_iso
 from vehicle.events import (
@@ -131,6 +131,7 @@ class PipelineParts:
     frame_queue_size: int = 4
     result_queue_size: int = 16
     realtime: bool = False
+    cached_name: str = "cached detections"  # the file the cached detections come from, for error messages
     progress_key: str | None = None  # replay: remember the newest committed frame under this key
     resume_after_utc: float | None = None  # replay resumed: frames up to this time were already committed
     rules: object | None = None  # vehicle.rules.RuleEngine
@@ -195,7 +196,6 @@ class Pipeline:
         self._last_good_pose = None
         self.last_pose = None  # pose at the newest processed frame (for the status topic)
         self._last_frame_utc: float | None = None
-        self._size_warned = False
         parts.outbox.connection.execute(
             "CREATE TABLE IF NOT EXISTS pipeline_progress (key TEXT PRIMARY KEY, last_time_utc REAL NOT NULL)")
         parts.outbox.connection.commit()
@@ -225,10 +225,12 @@ class Pipeline:
                 if frame is not None and frame.time_utc != fd.time_utc:
                     # The drive's own timing (start_utc, time_offset_s) wins over the file's: offsets can be tuned.
                     fd = replace(fd, time_utc=frame.time_utc)
-                if frame is not None and frame.size_wh != fd.size_wh and not self._size_warned:
-                    self._size_warned = True
-                    log.warning("cached detections are for %sx%s frames, the drive's video is %sx%s: "
-                                "are they from this drive?", *fd.size_wh, *frame.size_wh)
+                if frame is not None and frame.size_wh != fd.size_wh:
+                    # Boxes are pixels of the frames they were detected in: on other frames they are meaningless.
+                    raise DetectionLogError(
+                        f"{p.cached_name}: frame {fd.frame_index}: detections are for {fd.size_wh[0]}x"
+                        f"{fd.size_wh[1]} frames, this drive's video is {frame.size_wh[0]}x{frame.size_wh[1]}: "
+                        "they come from another drive or camera")
                 yield frame, fd
             return
         while True:

@@ -21,7 +21,7 @@ import cv2
 
 from vehicle.config import ConfigError, load_config, resolve_path
 from vehicle.drive import utc_iso, write_manifest
-from vehicle.frames import LiveSource, open_source
+from vehicle.frames import LiveSource, is_live_spec, open_source
 from vehicle.gps import Fix, GnssClock, GpsdReader, PoseTrack
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,17 @@ def record(config_file: Path, out_dir: Path, duration_s: float = 0.0, segment_s:
     base = config_file.resolve().parent
     if not cfg.camera.source:
         raise ConfigError(f"{config_file}: camera.source: required for `patrol record`")
+    source_spec = cfg.camera.source if is_live_spec(cfg.camera.source) else str(resolve_path(cfg.camera.source, base))
+    if not is_live_spec(source_spec) and not Path(source_spec).exists():  # as `patrol run` checks it
+        raise ConfigError(f"{config_file}: camera.source: {cfg.camera.source} not found (not a file, folder, "
+                          "device, URL or pipeline)")
+    calibration = resolve_path(cfg.camera.calibration_file, base)
+    if not calibration.is_file():
+        raise ConfigError(f"{config_file}: camera.calibration_file: {calibration} not found")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError(f"{out_dir}: drive folder exists and is not empty; choose a new one")
     (out_dir / "video").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(resolve_path(cfg.camera.calibration_file, base), out_dir / "calibration.toml")
+    shutil.copyfile(calibration, out_dir / "calibration.toml")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -73,7 +80,7 @@ def record(config_file: Path, out_dir: Path, duration_s: float = 0.0, segment_s:
         t = clock.utc_at(mono)
         return t if t is not None else time.time()
 
-    source = open_source(cfg.camera.source, time.time(), cfg.camera.stills_interval_s, utc_now=utc_now,
+    source = open_source(source_spec, time.time(), cfg.camera.stills_interval_s, utc_now=utc_now,
                          watchdog_timeout_s=cfg.camera.watchdog_timeout_s, max_fps=cfg.camera.max_fps)
     rate = fps or cfg.camera.max_fps or 15.0
     segments: list[dict] = []

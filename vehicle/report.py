@@ -88,17 +88,22 @@ def _page(title: str, body: list[str]) -> str:
 
 
 class Progress:
-    """A one-line text progress bar on stderr (``done/total``, percent, elapsed); silent when disabled."""
+    """A one-line text progress bar on stderr (``done/total``, percent, elapsed); silent when disabled.
+
+    On a terminal it redraws one line in place; into a file or pipe it writes a whole line every 10 s instead, so
+    logs stay readable.
+    """
 
     def __init__(self, label: str, total: int | None, enabled: bool = True, width: int = 30):
         self.label, self.total, self.enabled, self.width = label, total, enabled, width
         self.started = time.monotonic()
         self._last = 0.0
+        self._tty = sys.stderr.isatty()
 
     def update(self, done: int, force: bool = False) -> None:
-        """Redraw at most 5 times a second."""
+        """Redraw at most 5 times a second (on a terminal) or every 10 s (elsewhere)."""
         now = time.monotonic()
-        if not self.enabled or (not force and now - self._last < 0.2):
+        if not self.enabled or (not force and now - self._last < (0.2 if self._tty else 10.0)):
             return
         self._last = now
         el = now - self.started
@@ -108,13 +113,17 @@ class Progress:
             text = f"{self.label} [{bar:<{self.width}}] {frac * 100:5.1f}% {done}/{self.total} {el:.0f}s"
         else:
             text = f"{self.label} {done} {el:.0f}s"
-        print("\r" + text, end="", file=sys.stderr, flush=True)
+        if self._tty:
+            print("\r" + text, end="", file=sys.stderr, flush=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     def close(self, done: int | None = None) -> None:
         """Draw the final state and end the line."""
         if self.enabled:
             self.update(self.total if done is None and self.total else (done or 0), force=True)
-            print(file=sys.stderr, flush=True)
+            if self._tty:
+                print(file=sys.stderr, flush=True)
 
 
 def events_geojson(ev: EventEvaluation, truth: PointSet) -> dict:
