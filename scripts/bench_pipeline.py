@@ -359,7 +359,8 @@ def run_pipeline(model: Path, drive_dir: Path, n_frames: int, port: int, work: P
         jpeg_quality=cfg.photo.jpeg_quality, photo_max_width_px=cfg.photo.max_width_px,
         publish_snapshots=cfg.mqtt.publish_snapshots, frame_queue_size=cfg.runtime.frame_queue_size,
         result_queue_size=cfg.runtime.result_queue_size, on_events=publisher.wake,
-        progress_key=f"replay:{drive.root.resolve()}:model",
+        # a looped soak replays the same frame times again and again: no resume mark (which needs time order)
+        progress_key=None if soak_s else f"replay:{drive.root.resolve()}:model",
     )
     reporter = app.StatusReporter(cfg.mqtt.status_interval_s, publisher, outbox, covered, source_counters)
     parts.on_frame = reporter

@@ -230,6 +230,28 @@ def test_handle_rejects_malformed_without_crashing(store: CentreStore) -> None:
     assert store.event_count() == 1
 
 
+def test_values_a_database_or_a_sort_would_choke_on_are_rejected(store: CentreStore) -> None:
+    centre = Centre(CentreSettings(client_id="centre-t"), store)
+    good = json.loads(make_event("car-1", "a", "street_vending", LAT0, LON0).to_json())
+    nul_in_reason = json.loads(make_event("car-1", "n", "illegal_parking", LAT0, LON0,
+                                          rule={"rule": "parking", "reason": "in zone\u0000x"}).to_json())
+    bad_time = json.loads(json.dumps(good))
+    bad_time["properties"]["last_seen"] = "zzz"
+    nul_id = json.loads(json.dumps(good))
+    nul_id["properties"]["event_id"] = nul_id["id"] = "a\u0000b"
+    status_time = b'{"vehicle_id": "car-1", "state": "online", "time": "zzz"}'
+    huge = b"x" * 300_000
+    for topic, payload in ((events_topic("car-1"), json.dumps(nul_in_reason).encode()),
+                           (events_topic("car-1"), json.dumps(bad_time).encode()),
+                           (events_topic("car-1"), json.dumps(nul_id).encode()),
+                           (status_topic("car-1"), status_time), (events_topic("car-1"), huge)):
+        assert centre.handle(topic, payload) == "rejected", payload[:80]
+    reasons = [r[1] for r in store.rejected()]
+    assert reasons[0] == "contains a NUL character" and "last_seen" in reasons[1] and "time" in reasons[3]
+    assert store.rejected()[4][2] == huge[:65536] and "300000 bytes, first 65536 kept" in reasons[4]
+    assert store.event_count() == 0
+
+
 def test_rule_and_warning_events_are_kept(store: CentreStore) -> None:
     rule = {"rule": "dwell", "reason": "umbrella stayed 300 s", "dwell_s": 300.0}
     ev = make_event("car-1", "u", "street_umbrella", LAT0, LON0, mode="warning", rule=rule)

@@ -168,7 +168,7 @@ def test_missing_model_file_is_one_line_and_keeps_the_outbox(tmp_path: Path, fil
     before = outbox_rows(state)
     assert sum(r[1] == "event" for r in before) == 13
     res = patrol("replay", str(drive), "--config", str(cfg), "--state", str(state))
-    assert_one_error_line(res, 1, "missing.onnx", "model file not found")
+    assert_one_error_line(res, 2, "detector.model_file", "missing.onnx", "model file not found")
     assert outbox_rows(state) == before
 
 
@@ -188,6 +188,37 @@ def test_gps_log_without_a_fix_is_one_line_and_keeps_the_outbox(tmp_path: Path, 
     res = patrol("replay", str(bad), "--config", str(cfg), "--state", str(state), "--detections", str(detections))
     assert_one_error_line(res, 1, "no fix", str(bad / "gps.nmea"))
     assert outbox_rows(state) == before
+
+
+def test_a_frame_that_breaks_half_way_loses_no_event(tmp_path: Path, filled_state) -> None:
+    """The first event's photo cannot be written (a file stands where the photo folder goes): the run stops
+    with one line, nothing of that frame is committed, and the rerun publishes all 13 events."""
+    drive, cfg, detections, _ = filled_state
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "photos").write_text("in the way")
+    args = ("replay", str(drive), "--config", str(cfg), "--state", str(state), "--detections", str(detections))
+    assert_one_error_line(patrol(*args), 1, str(state / "photos"), "cannot write the evidence photo")
+    conn = open_state_readonly(state / "state.sqlite")
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+        assert conn.execute("SELECT COUNT(*) FROM dedup_objects WHERE publications > 0").fetchone()[0] == 0
+    finally:
+        conn.close()
+    (state / "photos").unlink()
+    res = patrol(*args, "--out", str(tmp_path / "events.jsonl"))
+    assert res.returncode == 0, res.stderr
+    assert len((tmp_path / "events.jsonl").read_text().splitlines()) == 13
+
+
+def test_cached_detections_out_of_time_order_are_refused(tmp_path: Path, filled_state) -> None:
+    drive, cfg, detections, _ = filled_state
+    lines = detections.read_text().splitlines(keepends=True)
+    backwards = tmp_path / "backwards.jsonl"
+    backwards.write_text(lines[0] + "".join(reversed(lines[1:])))
+    res = patrol("replay", str(drive), "--config", str(cfg), "--state", str(tmp_path / "state"),
+                 "--detections", str(backwards))
+    assert_one_error_line(res, 1, str(backwards), "is older than the frame before it")
 
 
 def test_cached_detections_of_another_camera_are_refused(tmp_path: Path, filled_state) -> None:

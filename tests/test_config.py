@@ -79,6 +79,11 @@ BAD_CONFIGS = [
     ("negative threshold", "[detector]\nscore_threshold = -0.1\n", "detector.score_threshold", "0"),
     ("bad provider", "[detector]\nproviders = ['tpu']\n", "detector.providers.0", "'tensorrt'"),
     ("not TOML", "[mqtt\nport = 1\n", "", "not valid TOML"),
+    ("infinite timeout", "[mqtt]\nconnect_timeout_s = inf\n", "mqtt.connect_timeout_s", "finite number"),
+    ("nan radius", "[dedup.radius_m]\nroad_damage = nan\n", "dedup.radius_m.road_damage", "finite number"),
+    ("absurd gate", "[dedup]\nreacquire_factor = 1e308\n", "dedup.reacquire_factor", "10"),
+    ("thread count", "[detector]\nintra_op_threads = 100000\n", "detector.intra_op_threads", "256"),
+    ("nested too deeply", "vehicle_id = " + "[" * 5000 + "]" * 5000 + "\n", "", "nested too deeply"),
 ]
 
 

@@ -91,6 +91,30 @@ def test_missing_and_corrupt_models_give_one_line_errors(tmp_path):
     assert "bad.onnx" in str(exc.value) and "\n" not in str(exc.value)
 
 
+@pytest.mark.parametrize(("output", "meta", "why"), [
+    (np.zeros((1, 3, 2100), np.float32), {}, r"output shape \(1, 3, 2100\) is not a YOLO layout"),
+    (np.zeros((1, 7, 2100), np.float32), {}, "3 classes in the output, 2 in the 'names' metadata"),
+    (np.zeros((1, 6, 2100), np.float32), {"imgsz": "'abc'"}, "metadata 'imgsz' is not a size"),
+    (np.zeros((1, 6, 2100), np.float32), {"imgsz": "[0, 0]"}, r"input size \(0, 0\) is outside 32..4096"),
+    (np.zeros((1, 6, 2100), np.float32), {"names": "5"}, "'names' is not a dict or list"),
+    (np.zeros((1, 6, 2100), np.float32), {"imgsz": "[320, 320]"}, "does not run on a 1x3x320x320 input"),
+])
+def test_a_model_that_loads_but_cannot_serve_fails_at_start(tmp_path, output, meta, why):
+    model = constant_yolo_model(tmp_path / "m.onnx", output, extra_meta=meta)
+    with pytest.raises(ModelError, match=rf"m\.onnx: .*{why}"):
+        OnnxDetector(model)
+
+
+def test_non_finite_boxes_never_leave_the_decoder():
+    out = yolo_rows([(320, 320, 64, 32), (np.nan, 100, 10, 10), (100, np.inf, 10, 10), (200, 200, 10, 10)],
+                    [[0.9, 0.0], [0.95, 0.0], [0.0, 0.9], [np.nan, 0.0]])
+    _, lb = letterbox(np.zeros((640, 640, 3), np.uint8), (640, 640))
+    d = decode_yolo_output(out, lb, (640, 640), 0.25, 0.5, 100)
+    assert d.class_id.tolist() == [0] and np.isfinite(d.xyxy).all()
+    e2e = np.array([[[np.nan, 0, 5, 5, 0.9, 0], [10, 150, 110, 250, 0.8, 1]]], np.float32)
+    assert decode_yolo_output(e2e, lb, (640, 640), 0.25, 0.5, 100).class_id.tolist() == [1]
+
+
 def test_pt_backend_through_ultralytics(tmp_path):
     """The optional .pt backend (extra 'train') answers like the ONNX one; skipped where torch is absent."""
     ultralytics = pytest.importorskip("ultralytics", reason="the .pt backend needs the 'train' extra")

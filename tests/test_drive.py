@@ -54,6 +54,15 @@ def test_two_segments_have_continuous_indices(tmp_path):
         (lambda m: m["video"][0].update(start_utc="2019-11-18T23:45:14"), "timezone"),
         (lambda m: m["video"][0].update(file="video/missing.mp4"), r"video\[0\]\.file"),
         (lambda m: m.update(gps="nope.nmea"), "gps"),
+        (lambda m: m.update(gps=5), "gps: expected a non-empty string, got 5"),
+        (lambda m: m.update(calibration=["x"]), "calibration: expected a non-empty string"),
+        (lambda m: m["video"][0].update(start_utc=12345), r"video\[0\]\.start_utc: expected a non-empty string"),
+        (lambda m: m["video"][0].update(file=None), r"video\[0\]\.file: expected a non-empty string, got None"),
+        (lambda m: m["video"][0].update(frame_times=5), r"video\[0\]\.frame_times: expected a non-empty string"),
+        (lambda m: m.update(stills="stills"), r"stills: expected \{folder, start_utc\}"),
+        (lambda m: m.update(stills={"start_utc": "2019-11-18T23:45:14Z"}), "stills.folder: expected"),
+        (lambda m: m.update(stills={"folder": "s", "start_utc": "garbage"}), "stills.start_utc"),
+        (lambda m: m.update(time_offset_s="nan"), "time_offset_s: not a number of seconds"),
     ],
 )
 def test_bad_manifests_name_the_field(tmp_path, mutate, message):
@@ -64,6 +73,23 @@ def test_bad_manifests_name_the_field(tmp_path, mutate, message):
     with pytest.raises(DriveError, match=message) as exc:
         open_drive(root)
     assert "manifest.json" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_bytes_that_are_not_utf8_are_named(tmp_path):
+    root = gopro_drive(tmp_path)
+    (root / "manifest.json").write_bytes(b'{"format": "patrol-drive", "vehicle_id": "\xff"}')
+    with pytest.raises(DriveError, match=r"manifest\.json: not valid JSON"):
+        open_drive(root)
+    m = json.loads(json.dumps({"format": "patrol-drive", "version": 1, "gps": "gps.nmea",
+                               "video": [{"file": "video/000000.mp4", "start_utc": "2019-11-18T23:45:14Z",
+                                          "frame_times": "t.csv"}]}))
+    (root / "manifest.json").write_text(json.dumps(m))
+    (root / "t.csv").write_bytes(b"frame,utc\n0,2019-11-18T23:45:14Z\n1,\xff\n")
+    with pytest.raises(DriveError, match=r"t\.csv:3: bad frame time"):
+        open_drive(root)
+    (root / "t.csv").write_bytes(b"frame,utc\n0,2019-11-18T23:45:14Z\n1,2019-11-18T23:45:13Z\n")
+    with pytest.raises(DriveError, match=r"t\.csv:3: frame time goes backwards"):
+        open_drive(root)
 
 
 def test_not_a_drive(tmp_path):

@@ -71,7 +71,7 @@ def test_ack_removes_and_stats_follow(tmp_path: Path) -> None:
     ob.ack_many([seqs["b"], seqs["s1"]])
     st = ob.stats()
     assert (st.depth, st.bytes, st.oldest_age_s) == (0, 0, 0.0)
-    assert Path(snap.payload_file).exists()  # acking keeps the photo on disk; only eviction deletes it
+    assert not Path(snap.payload_file).exists()  # delivered: the car does not keep the photo (its disk)
     ob.close()
 
 

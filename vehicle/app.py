@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import os
 import signal
 import ssl
 import sys
@@ -27,12 +27,21 @@ from vehicle.detection_log import DetectionLogError, DetectionLogWriter, read_de
 from vehicle.detector import ModelError, load_detector
 from vehicle.drive import Drive, DriveError, open_drive, utc_iso
 from vehicle.events import ModelRef, Status, StatusState, status_topic
+from vehicle.evidence import PhotoError
 from vehicle.frames import FrameSourceError, SourceCounters, is_live_spec, open_source
 from vehicle.geometry import CalibrationError, CameraCalibration
 from vehicle.gps import GnssClock, GpsdReader, GpsLogError, PoseTrack, load_track
 from vehicle.mqtt import BrokerSettings, Publisher
 from vehicle.outbox import Outbox, OutboxError
-from vehicle.pipeline import ModelStage, Pipeline, PipelineParts, RunCounters, committed_progress, summary_line
+from vehicle.pipeline import (
+    FrameOrderError,
+    ModelStage,
+    Pipeline,
+    PipelineParts,
+    RunCounters,
+    committed_progress,
+    summary_line,
+)
 from vehicle.service import SystemdNotifier
 
 log = logging.getLogger(__name__)
@@ -42,7 +51,7 @@ class OutputError(ValueError):
 
 
 INPUT_ERRORS = (ConfigError, TaxonomyError, ModelError, FrameSourceError, DriveError, GpsLogError, CalibrationError,
-                DetectionLogError, OutboxError, OutputError)
+                DetectionLogError, OutboxError, OutputError, PhotoError, FrameOrderError)
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,15 @@ class ReplayOptions:
     summary: bool = True  # print the one-line summary on stderr at the end
 
 
+def _first_error(exc: Exception) -> str:
+    """The first line of a validation error (pydantic's span several)."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        e = errors()[0]
+        return f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
+    return str(exc).splitlines()[0]
+
+
 def _load(config_file: Path | None) -> tuple[Config, Path]:
     if config_file is None:
         return Config(), Path.cwd()
@@ -73,10 +91,13 @@ def _detectors(
 ) -> tuple[ModelStage, ModelRef, list[str]]:
     d = cfg.detector
     trt_cache = resolve_path(d.tensorrt_cache_dir, base) if d.tensorrt_cache_dir else data_dir / "trt-cache"
-    detector = load_detector(resolve_path(d.model_file, base), score_threshold=d.score_threshold,
-                             iou_threshold=d.iou_threshold, max_detections=d.max_detections, providers=d.providers,
-                             intra_op_threads=d.intra_op_threads, tensorrt_fp16=d.tensorrt_fp16,
-                             tensorrt_cache_dir=trt_cache)
+    try:
+        detector = load_detector(resolve_path(d.model_file, base), score_threshold=d.score_threshold,
+                                 iou_threshold=d.iou_threshold, max_detections=d.max_detections,
+                                 providers=d.providers, intra_op_threads=d.intra_op_threads,
+                                 tensorrt_fp16=d.tensorrt_fp16, tensorrt_cache_dir=trt_cache)
+    except ModelError as exc:
+        raise _as_config_error("detector.model_file", exc) from None
     class_map = {n: d.class_map.get(n, n) for n in detector.names}
     class_map = {k: v for k, v in class_map.items() if taxonomy.get(v) is not None}
     covered = sorted(set(class_map.values()) & set(detector.covered or class_map.values()),
@@ -87,10 +108,13 @@ def _detectors(
         o = cfg.object_detector
         if not o.model_file:
             raise ConfigError("object_detector.model_file: required when object_detector.enabled = true")
-        obj = load_detector(resolve_path(o.model_file, base), score_threshold=o.score_threshold,
-                            iou_threshold=o.iou_threshold, max_detections=o.max_detections, providers=o.providers,
-                            intra_op_threads=o.intra_op_threads, tensorrt_fp16=o.tensorrt_fp16,
-                            tensorrt_cache_dir=data_dir / "trt-cache")
+        try:
+            obj = load_detector(resolve_path(o.model_file, base), score_threshold=o.score_threshold,
+                                iou_threshold=o.iou_threshold, max_detections=o.max_detections,
+                                providers=o.providers, intra_op_threads=o.intra_op_threads,
+                                tensorrt_fp16=o.tensorrt_fp16, tensorrt_cache_dir=data_dir / "trt-cache")
+        except ModelError as exc:
+            raise _as_config_error("object_detector.model_file", exc) from None
         obj_map = {k: v for k, v in taxonomy.object_class_map().items() if k in obj.names}
         covered = sorted(set(covered) | set(obj_map.values()), key=lambda n: taxonomy[n].id)
     ref = ModelRef(name=detector.name, sha256=detector.sha256)
@@ -124,6 +148,21 @@ def _state(cfg: Config, base: Path, taxonomy: Taxonomy, state_dir: Path,
     outbox = Outbox(state_dir / "state.sqlite", cfg.outbox.max_bytes, power_safe=power_safe)
     dedup = DedupIndex(outbox.connection, policy)
     return outbox, dedup
+
+
+def _fresh_state_dir(parent: Path, name: str) -> Path:
+    """A new, empty folder of this replay's own: two replays started in the same second never share one (and
+    nothing is ever deleted to make room)."""
+    for n in range(1, 1000):
+        folder = parent / (name if n == 1 else f"{name}-{n}")
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise OutputError(f"{folder}: cannot create the state folder: {exc.strerror or exc}") from None
+    raise OutputError(f"{parent}: no free state folder name for {name}")
 
 
 def _offline_status(vehicle_id: str) -> bytes:
@@ -181,29 +220,44 @@ def replay(opts: ReplayOptions) -> RunCounters:
     """Replay a recorded drive through the whole pipeline; returns the run's counters."""
     drive: Drive = open_drive(opts.drive_dir)
     cfg, base = _load(opts.config_file)
-    taxonomy = Taxonomy.load(resolve_path(cfg.detector.categories_file, base))
+    where = str(opts.config_file or "built-in defaults")
+    try:
+        taxonomy = Taxonomy.load(resolve_path(cfg.detector.categories_file, base))
+    except TaxonomyError as exc:
+        raise _as_config_error(f"{where}: detector.categories_file", exc) from None
     calib_file = drive.calibration_file or resolve_path(cfg.camera.calibration_file, base)
-    calibration = CameraCalibration.load(calib_file)
+    try:
+        calibration = CameraCalibration.load(calib_file)
+    except CalibrationError as exc:
+        if drive.calibration_file:
+            raise  # the drive's own file: bad input, named by its path
+        raise _as_config_error(f"{where}: camera.calibration_file", exc) from None
     if drive.gps_file is None:
         raise DriveError(f"{drive.root}: the drive has no GPS log (manifest 'gps')")
     g = cfg.gps
     track = load_track(drive.gps_file, max_fix_age_s=g.max_fix_age_s, stopped_speed_mps=g.stopped_speed_mps,
                        max_gap_s=g.max_interpolation_gap_s)
-    state_dir = opts.state_dir or (base / cfg.data_dir).resolve() / (
-        f"replay-{drive.root.name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
-    if opts.state_dir is None and state_dir.exists():
-        shutil.rmtree(state_dir)
+    data_dir = (base / cfg.data_dir).resolve()
     with ExitStack() as stack:
         if opts.detections is not None:
-            model, cached = read_detection_log(opts.detections)
+            model, cached = read_detection_log(opts.detections, taxonomy.names)
             stage = None
-            ref = ModelRef(name=str(model.get("name", "cached")), sha256=str(model.get("sha256", "0" * 64)))
+            try:
+                ref = ModelRef(name=str(model.get("name", "cached")), sha256=str(model.get("sha256", "0" * 64)))
+            except ValueError as exc:  # pydantic's ValidationError
+                raise DetectionLogError(f"{opts.detections}:1: header model: {_first_error(exc)}") from None
             covered = [c for c in model.get("covered") or taxonomy.names if taxonomy.get(c) is not None]
         else:
             if not (drive.segments or drive.stills):
                 raise DriveError(f"{drive.root}: the drive has no video or stills: replay it with --detections F.jsonl")
             cached = None
-            stage, ref, covered = _detectors(cfg, base, state_dir, taxonomy)
+            try:  # the TensorRT engine cache is the car's, not this replay's: built once
+                stage, ref, covered = _detectors(cfg, base, data_dir, taxonomy)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        # only now, with everything checked: a failed start leaves no folder behind
+        state_dir = opts.state_dir or _fresh_state_dir(
+            data_dir, f"replay-{drive.root.name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
         source_counters = SourceCounters()
         frames = drive.frames(source_counters) if (drive.segments or drive.stills) else None
         outbox, dedup = _state(cfg, base, taxonomy, state_dir, power_safe=False)  # a replay: crash-safe only
@@ -228,7 +282,8 @@ def replay(opts: ReplayOptions) -> RunCounters:
         if opts.save_detections is not None:
             try:
                 det_out = DetectionLogWriter(opts.save_detections,
-                                             {"name": ref.name, "sha256": ref.sha256, "covered": covered})
+                                             {"name": ref.name, "sha256": ref.sha256, "covered": covered},
+                                             keep_until_utc=resume_after)  # a resumed replay goes on
             except OSError as exc:
                 raise OutputError(f"{opts.save_detections}: cannot write detections: {exc.strerror or exc}") from None
             stack.callback(det_out.close)
@@ -277,7 +332,10 @@ def run_live(config_file: Path) -> int:
     notifier = SystemdNotifier()
     calibration = CameraCalibration.load(resolve_path(cfg.camera.calibration_file, base))
     data_dir = resolve_path(cfg.data_dir, base)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{config_file}: data_dir: {data_dir}: cannot create: {exc.strerror or exc}") from None
     stage, ref, covered = _detectors(cfg, base, data_dir, taxonomy)
     g = cfg.gps
     clock = GnssClock()
@@ -403,7 +461,28 @@ def validate_service_config(cfg: Config, base: Path, config_file: Path) -> Taxon
             value = getattr(cfg.mqtt.tls, key)
             if cfg.mqtt.tls.enabled and value and not resolve_path(value, base).is_file():
                 raise ConfigError(f"{where}: mqtt.tls.{key}: {value} not found")
+        if cfg.mqtt.tls.enabled and cfg.mqtt.tls.ca_file:
+            try:
+                ssl.create_default_context(cafile=str(resolve_path(cfg.mqtt.tls.ca_file, base)))
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigError(f"{where}: mqtt.tls.ca_file: {cfg.mqtt.tls.ca_file}: not a usable CA bundle "
+                                  f"({exc})") from None
+    _check_writable(where, "data_dir", resolve_path(cfg.data_dir, base), folder=True)
+    if cfg.output.jsonl_file:
+        _check_writable(where, "output.jsonl_file", resolve_path(cfg.output.jsonl_file, base), folder=False)
     return taxonomy
+
+
+def _check_writable(where: str, key: str, path: Path, folder: bool) -> None:
+    """A folder (or file) the run will create or write: it, or its nearest existing parent, must allow that."""
+    if path.exists() and path.is_dir() != folder:
+        raise ConfigError(f"{where}: {key}: {path} is {'a file' if folder else 'a folder'}")
+    probe = path if folder and path.exists() else path.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK) or \
+            (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{where}: {key}: {path} cannot be written (no permission under {probe})")
 
 
 def check_config(config_file: Path) -> str:

@@ -112,6 +112,9 @@ class Centre:
         if parts[: len(root)] != root or len(parts) < len(root) + 2:
             return self._reject(topic, payload, f"unexpected topic {topic!r}")
         vehicle_id, kind, rest = parts[len(root)], parts[len(root) + 1], parts[len(root) + 2 :]
+        if kind in ("events", "status") and (b"\\u0000" in payload or b"\x00" in payload):
+            # PostgreSQL text cannot hold NUL: left to the database it would fail on every redelivery
+            return self._reject(topic, payload, "contains a NUL character")
         if kind == "events" and not rest:
             try:
                 event = Event.from_json(payload)
@@ -312,6 +315,19 @@ def _add_db_args(p: argparse.ArgumentParser, *, suppress: bool = False) -> None:
     p.add_argument("--db-schema", default=default, help="PostgreSQL: schema for the tables (created if missing)")
 
 
+def _bounded(kind: type, lo: float, hi: float):
+    """An argparse type: a finite ``kind`` in ``lo..hi`` (argparse turns its ValueError into one usage line)."""
+
+    def parse(text: str):
+        value = kind(text)
+        if not lo <= value <= hi:  # also refuses nan
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"{kind.__name__} in {lo:g}..{hi:g}"
+    return parse
+
+
 def add_centre_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``centre`` (run the subscriber) and ``centre export`` (write cases) on ``subparsers``."""
     p = subparsers.add_parser(
@@ -327,12 +343,14 @@ def add_centre_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "session keeps what arrives while it is down",
     )  # fmt: skip
     p.add_argument("--group", default="centre", help="shared-subscription group; instances in one group split the load")
-    p.add_argument("--session-expiry-s", type=int, default=86_400, help="how long the broker keeps the session")
-    p.add_argument("--keepalive-s", type=int, default=30)
+    p.add_argument("--session-expiry-s", type=_bounded(int, 0, 2**32 - 1), default=86_400,
+                   help="how long the broker keeps the session")
+    p.add_argument("--keepalive-s", type=_bounded(int, 5, 65535), default=30)
     p.add_argument("--username", default=None)
     p.add_argument("--password", default=None)
     p.add_argument("--categories-file", default=str(DEFAULT_CATEGORIES_FILE), help="per-category merge radius_m")
-    p.add_argument("--merge-radius-m", type=float, default=None, help="one merge radius for every category")
+    p.add_argument("--merge-radius-m", type=_bounded(float, 0.1, 10_000), default=None,
+                   help="one merge radius for every category")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = p.add_subparsers(dest="centre_command", metavar="{export}")
     e = sub.add_parser("export", help="write all cases as GeoJSON and/or CSV, then exit")

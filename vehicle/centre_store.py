@@ -88,6 +88,9 @@ CREATE TABLE IF NOT EXISTS vehicle_status (
 """
 
 
+REJECTED_KEEP_BYTES = 65536
+
+
 class CentreStoreError(ValueError):
     """The database cannot be opened or is not usable; the message names it."""
 
@@ -368,7 +371,11 @@ class CentreStore:
             return cur.rowcount > 0
 
     def add_rejected(self, topic: str, payload: bytes, reason: str, *, received_by: str = "") -> None:
-        """Keep a message that failed validation, with why, for an operator to inspect."""
+        """Keep a message that failed validation, with why, for an operator to inspect (the first 64 KiB: a
+        flood of junk must not fill the database)."""
+        if len(payload) > REJECTED_KEEP_BYTES:
+            reason = f"{reason} (payload {len(payload)} bytes, first {REJECTED_KEEP_BYTES} kept)"
+            payload = payload[:REJECTED_KEEP_BYTES]
         with self._write():
             self._exec(
                 "INSERT INTO rejected (topic, reason, payload, received_at, received_by) VALUES (?, ?, ?, ?, ?)",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -113,6 +114,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INPUT
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `patrol replay --out - | head`: the reader left; nothing to say to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except sqlite3.DatabaseError as exc:  # the state database: disk full, I/O error, read-only
+        print(f"patrol: error: state database: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as exc:  # the machine, not the input: still one line
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"patrol: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INPUT
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and NaN parse as TOML floats; no setting means either (an infinite timeout stops paho's thread)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class CameraConfig(_Section):
@@ -37,11 +38,15 @@ class CameraConfig(_Section):
         description="video file, folder of stills, /dev/videoN, rtsp://..., or a GStreamer pipeline ending in appsink",
     )
     calibration_file: str = Field(default="calibration/default-roof-1080p.toml", description="camera calibration TOML")
-    max_fps: float = Field(default=0.0, ge=0, description="live: read at most this many frames a second (0: all)")
-    watchdog_timeout_s: float = Field(default=5.0, gt=0, description="no frame for this long: reopen the source")
-    reopen_backoff_max_s: float = Field(default=30.0, gt=0, description="longest wait between reopen attempts")
+    max_fps: float = Field(
+        default=0.0, ge=0, le=1000, description="live: read at most this many frames a second (0: all)"
+    )
+    watchdog_timeout_s: float = Field(
+        default=5.0, gt=0, le=3600, description="no frame for this long: reopen the source"
+    )
+    reopen_backoff_max_s: float = Field(default=30.0, gt=0, le=3600, description="longest wait between reopen attempts")
     stills_interval_s: float = Field(
-        default=1.0, gt=0, description="folder of stills without timestamps: assumed time between images"
+        default=1.0, gt=0, le=3600, description="folder of stills without timestamps: assumed time between images"
     )
 
 
@@ -51,9 +56,13 @@ class GpsConfig(_Section):
     source: str = Field(default="gpsd", description="'gpsd' (live), or an NMEA / gpsd-JSON log file to replay")
     gpsd_host: str = Field(default="127.0.0.1", description="where gpsd listens")
     gpsd_port: int = Field(default=2947, ge=1, le=65535, description="gpsd's TCP port")
-    max_fix_age_s: float = Field(default=3.0, gt=0, description="a fix older than this at a frame counts as no fix")
-    stopped_speed_mps: float = Field(default=1.0, ge=0, description="below this speed the heading is held")
-    max_interpolation_gap_s: float = Field(default=5.0, gt=0, description="never interpolate across a larger gap")
+    max_fix_age_s: float = Field(
+        default=3.0, gt=0, le=3600, description="a fix older than this at a frame counts as no fix"
+    )
+    stopped_speed_mps: float = Field(default=1.0, ge=0, le=100, description="below this speed the heading is held")
+    max_interpolation_gap_s: float = Field(
+        default=5.0, gt=0, le=3600, description="never interpolate across a larger gap"
+    )
     no_fix_policy: Literal["hold", "flag"] = Field(
         default="hold",
         description="'hold': sightings without a valid fix are not located (dropped and counted); "
@@ -67,12 +76,12 @@ class DetectorConfig(_Section):
     model_file: str = Field(default="models/patrol-detector.onnx", description="ultralytics-exported YOLO ONNX")
     score_threshold: float = Field(default=0.25, ge=0, le=1, description="boxes scoring lower are ignored")
     iou_threshold: float = Field(default=0.5, gt=0, le=1, description="class-aware NMS IoU")
-    max_detections: int = Field(default=100, ge=1, description="at most this many boxes a frame")
+    max_detections: int = Field(default=100, ge=1, le=10000, description="at most this many boxes a frame")
     providers: list[Literal["tensorrt", "cuda", "cpu"]] = Field(
         default_factory=lambda: ["tensorrt", "cuda", "cpu"],
         description="execution providers in order of preference; unavailable ones are skipped",
     )
-    intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads (0: its default)")
+    intra_op_threads: int = Field(default=0, ge=0, le=256, description="ONNX Runtime threads (0: its default)")
     tensorrt_fp16: bool = Field(default=True, description="TensorRT provider builds an FP16 engine")
     tensorrt_cache_dir: str = Field(default="", description="engine cache; empty: <data_dir>/trt-cache")
     categories_file: str = Field(default="models/categories.yaml", description="the city's taxonomy")
@@ -92,8 +101,8 @@ class ObjectDetectorConfig(DetectorConfig):
 class LocationConfig(_Section):
     """Casting boxes onto the ground."""
 
-    max_range_m: float = Field(default=40.0, gt=0, description="ground hits farther than this are not trusted")
-    min_range_m: float = Field(default=1.0, ge=0, description="ground hits nearer than this are not trusted")
+    max_range_m: float = Field(default=40.0, gt=0, le=1000, description="ground hits farther than this are not trusted")
+    min_range_m: float = Field(default=1.0, ge=0, le=1000, description="ground hits nearer than this are not trusted")
 
 
     @model_validator(mode="after")
@@ -105,15 +114,17 @@ class LocationConfig(_Section):
 class DedupConfig(_Section):
     """Merging repeat sightings into objects."""
 
-    suppress_s: float = Field(default=86400.0, ge=0, description="after publishing, stay silent this long")
+    suppress_s: float = Field(
+        default=86400.0, ge=0, le=10 * 365 * 86400, description="after publishing, stay silent this long"
+    )
     candidate_ttl_s: float = Field(
-        default=120.0, gt=0, description="an unconfirmed object not seen for this long is forgotten"
+        default=120.0, gt=0, le=7 * 86400, description="an unconfirmed object not seen for this long is forgotten"
     )
     reacquire_factor: float = Field(
-        default=2.0, ge=1.0,
+        default=2.0, ge=1.0, le=10.0,
         description="a published object is matched up to this many radius_m away (repeat passes, GPS error)",
     )
-    radius_m: dict[str, Annotated[float, Field(gt=0)]] = Field(
+    radius_m: dict[str, Annotated[float, Field(gt=0, le=1000)]] = Field(
         default_factory=dict, description="per-category override of radius_m")
     min_frames: dict[str, Annotated[int, Field(ge=1)]] = Field(
         default_factory=dict, description="per-category override of min_frames")
@@ -142,11 +153,15 @@ class MqttConfig(_Section):
     password: str = Field(default="", description="prefer password_file; '${ENV}' reads an environment variable")
     password_file: str = Field(default="", description="file whose first line is the password")
     keepalive_s: int = Field(default=30, ge=5, le=65535, description="MQTT keep-alive")
-    connect_timeout_s: float = Field(default=10.0, gt=0, description="give up one connection attempt after this")
-    status_interval_s: float = Field(default=10.0, gt=0, description="publish the retained status this often")
-    max_messages_per_s: float = Field(default=20.0, gt=0, description="publish rate cap (no flood on reconnect)")
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, le=3600, description="give up one connection attempt after this"
+    )
+    status_interval_s: float = Field(default=10.0, gt=0, le=86400, description="publish the retained status this often")
+    max_messages_per_s: float = Field(
+        default=20.0, gt=0, le=100000, description="publish rate cap (no flood on reconnect)"
+    )
     max_inflight: int = Field(default=10, ge=1, le=65535, description="unacknowledged messages at most")
-    ack_timeout_s: float = Field(default=30.0, gt=0, description="no PUBACK for this long: resend")
+    ack_timeout_s: float = Field(default=30.0, gt=0, le=86400, description="no PUBACK for this long: resend")
     publish_snapshots: bool = Field(default=True, description="publish each event's photo on its snapshot topic")
     tls: TlsConfig = TlsConfig()
 
@@ -160,14 +175,16 @@ class MqttConfig(_Section):
 class OutboxConfig(_Section):
     """The durable queue between event making and MQTT."""
 
-    max_bytes: int = Field(default=2_000_000_000, ge=100_000, description="outbox size cap; photos evicted first")
+    max_bytes: int = Field(
+        default=2_000_000_000, ge=100_000, le=2**50, description="outbox size cap; photos evicted first"
+    )
 
 
 class PhotoConfig(_Section):
     """Evidence photos."""
 
     jpeg_quality: int = Field(default=85, ge=10, le=100, description="evidence photo JPEG quality")
-    max_width_px: int = Field(default=1920, ge=160, description="photos wider than this are scaled down")
+    max_width_px: int = Field(default=1920, ge=160, le=16384, description="photos wider than this are scaled down")
 
 
 class OutputConfig(_Section):
@@ -241,6 +258,8 @@ def parse_config(text: str, origin: str = "<config>") -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{origin}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{origin}: not valid TOML: nested too deeply") from None
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:

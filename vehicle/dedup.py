@@ -369,6 +369,16 @@ class DedupIndex:
             while len(self._cells) > MAX_CACHED_CELLS * 0.9:
                 self._cells.popitem(last=False)
 
+    def discard_unsaved(self) -> None:
+        """Forget changes not yet written and every cached cell (after the caller rolled its transaction back):
+        the next lookups read what SQLite holds."""
+        self._dirty.clear()
+        self._cells.clear()
+        self._hood.clear()
+        self._flushed_utc = -math.inf
+        row = self.conn.execute("SELECT value FROM dedup_meta WHERE key = 'lat_ref'").fetchone()
+        self._lat_ref, self._m_per_deg_lon = (float(row[0]) if row else None), None
+
     def expire(self, now_utc: float) -> int:
         """Forget never-published objects not seen for ``candidate_ttl_s``; returns how many."""
         self.flush(now_utc)

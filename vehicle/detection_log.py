@@ -14,7 +14,8 @@ Location and deduplication can be tuned by replaying such a file, without a mode
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import math
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -54,11 +55,30 @@ class FrameDetections:
 class DetectionLogWriter:
     """Appends frames of detections to a JSON-lines file."""
 
-    def __init__(self, path: str | Path, model: dict):
+    def __init__(self, path: str | Path, model: dict, keep_until_utc: float | None = None):
+        """Start the file afresh, or, for a resumed replay (``keep_until_utc``), keep the frames an earlier run
+        wrote up to that time and go on after them (frames after it are redone by the resumed run)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = self._frames_until(keep_until_utc) if keep_until_utc is not None and self.path.is_file() else []
         self._fh: IO[str] = open(self.path, "w", encoding="utf-8")
         self._fh.write(json.dumps({"header": {"format": FORMAT, "version": 1, "model": model}}) + "\n")
+        self._fh.writelines(kept)
+
+    def _frames_until(self, until_utc: float) -> list[str]:
+        try:
+            read_detection_log(self.path)[1].close()  # the header must be ours
+            lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)[1:]
+        except (DetectionLogError, OSError, UnicodeDecodeError):
+            return []  # not a detections file: start afresh
+        kept = []
+        for line in lines:
+            try:
+                if line.endswith("\n") and json.loads(line)["time_utc"] <= until_utc:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                pass  # the line a kill cut short
+        return kept
 
     def write(self, fd: FrameDetections) -> None:
         """Write one frame."""
@@ -72,47 +92,79 @@ class DetectionLogWriter:
         line = {"frame": fd.frame_index, "time_utc": round(fd.time_utc, 6), "size_wh": list(fd.size_wh),
                 "detections": dets}
         self._fh.write(json.dumps(line) + "\n")
+        self._fh.flush()  # before the frame's commit: a resumed replay keeps what the kill left in the file
 
     def close(self) -> None:
         """Flush and close."""
         self._fh.close()
 
 
-def read_detection_log(path: str | Path) -> tuple[dict, Iterator[FrameDetections]]:
-    """The header's model reference and an iterator over the frames; `DetectionLogError` on bad lines."""
+def read_detection_log(path: str | Path, categories: Collection[str] | None = None
+                       ) -> tuple[dict, Iterator[FrameDetections]]:
+    """The header's model reference and an iterator over the frames; `DetectionLogError` on bad lines.
+
+    Args:
+        path: the JSON-lines file.
+        categories: the taxonomy's names; a box of any other category is a bad line (None: not checked).
+    """
     path = Path(path)
     if not path.is_file():
         raise DetectionLogError(f"{path}: detections file not found")
-    fh = open(path, encoding="utf-8")
-    first = fh.readline()
+    fh = open(path, "rb")  # decoded line by line: a bad byte is named by its line
     try:
-        header = json.loads(first)["header"]
-        if header.get("format") != FORMAT:
+        header = json.loads(fh.readline().decode("utf-8"))["header"]
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise KeyError("format")
-    except (json.JSONDecodeError, KeyError, TypeError):
+        model = header.get("model", {})
+        if not isinstance(model, dict) or not isinstance(model.get("covered", []), list):
+            raise KeyError("model")
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
         fh.close()
         raise DetectionLogError(f"{path}:1: not a {FORMAT} header line") from None
+    known = None if categories is None else frozenset(categories)
 
     def frames() -> Iterator[FrameDetections]:
         with fh:
-            for lineno, line in enumerate(fh, start=2):
+            for lineno, raw in enumerate(fh, start=2):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise DetectionLogError(f"{path}:{lineno}: not UTF-8 text") from None
                 if not line.strip():
                     continue
                 try:
-                    d = json.loads(line)
-                    boxes = tuple(
-                        CategoryBox(
-                            str(b["category"]), float(b["score"]),
-                            tuple(float(v) for v in b["xyxy"]),  # type: ignore[arg-type]
-                            b.get("object_class"),
-                        )
-                        for b in d["detections"]
-                    )
-                    if any(len(b.xyxy) != 4 for b in boxes):
-                        raise ValueError("xyxy needs 4 numbers")
-                    yield FrameDetections(int(d["frame"]), float(d["time_utc"]),
-                                          (int(d["size_wh"][0]), int(d["size_wh"][1])), boxes)
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
+                    fd = _frame(json.loads(line), known)
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
                     raise DetectionLogError(f"{path}:{lineno}: bad frame line ({exc})") from None
+                yield fd
 
-    return header.get("model", {}), frames()
+    return model, frames()
+
+
+def _finite(value: object, what: str) -> float:
+    v = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(v):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    return v
+
+
+def _frame(d: dict, known: frozenset[str] | None) -> FrameDetections:
+    """One frame line, checked: a cached box is trusted as much as the model's own output."""
+    frame = d["frame"]
+    if not isinstance(frame, int) or isinstance(frame, bool) or not 0 <= frame < 2**62:
+        raise ValueError(f"frame must be a whole number >= 0, got {frame!r}")
+    w, h = (int(v) for v in d["size_wh"][:2])
+    if w <= 0 or h <= 0:
+        raise ValueError(f"size_wh must be positive, got {d['size_wh']!r}")
+    boxes = []
+    for b in d["detections"]:
+        category = b["category"]
+        if not isinstance(category, str) or (known is not None and category not in known):
+            raise ValueError(f"category {category!r} is not in the taxonomy")
+        xyxy = tuple(_finite(v, "xyxy") for v in b["xyxy"])
+        if len(xyxy) != 4:
+            raise ValueError("xyxy needs 4 numbers")
+        score = _finite(b["score"], "score")
+        cls = b.get("object_class")
+        boxes.append(CategoryBox(category, score, xyxy, None if cls is None else str(cls)))  # type: ignore[arg-type]
+    return FrameDetections(frame, _finite(d["time_utc"], "time_utc"), (w, h), tuple(boxes))

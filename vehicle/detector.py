@@ -142,6 +142,7 @@ def decode_yolo_output(
         m = score >= score_threshold
         xyxy = out[m, :4].astype(np.float64)
         score, cls = score[m], out[m, 5].astype(np.int32)
+        xyxy, score, cls = _finite_only(xyxy, score, cls)
         keep = np.argsort(-score, kind="stable")[:max_detections]
     else:
         pred = out.T  # (N, 4 + nc)
@@ -152,6 +153,7 @@ def decode_yolo_output(
         pred, cls, score = pred[m], cls[m], score[m]
         cx, cy, w, h = (pred[:, k].astype(np.float64) for k in range(4))
         xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+        xyxy, score, cls = _finite_only(xyxy, score, cls)
         keep = nms_class_aware(xyxy, score, cls, iou_threshold)[:max_detections]
     xyxy, score, cls = xyxy[keep], score[keep], cls[keep]
     # Undo the letterbox exactly: frame = (model - pad) / scale, per axis.
@@ -161,6 +163,12 @@ def decode_yolo_output(
     xyxy[:, [0, 2]] = xyxy[:, [0, 2]].clip(0, fw)
     xyxy[:, [1, 3]] = xyxy[:, [1, 3]].clip(0, fh)
     return Detections(xyxy.astype(np.float32), score.astype(np.float32), cls.astype(np.int32))
+
+
+def _finite_only(xyxy: np.ndarray, score: np.ndarray, cls: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Drop boxes with a NaN or infinite coordinate or score (an FP16 overflow must not reach the map)."""
+    ok = np.isfinite(xyxy).all(axis=1) & np.isfinite(score)
+    return (xyxy, score, cls) if ok.all() else (xyxy[ok], score[ok], cls[ok])
 
 
 def file_sha256(path: str | Path) -> str:
@@ -181,7 +189,9 @@ def _parse_names(raw: str | None, n_classes: int) -> list[str]:
         raise ModelError(f"model metadata 'names' is not a dict or list: {raw[:80]!r}") from None
     if isinstance(value, dict):
         return [str(value[k]) for k in sorted(value)]
-    return [str(v) for v in value]
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    raise ModelError(f"model metadata 'names' is not a dict or list: {raw[:80]!r}")
 
 
 class OnnxDetector:
@@ -238,20 +248,32 @@ class OnnxDetector:
             self.session = ort.InferenceSession(str(self.model_file), sess_options=opts, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own types for corrupt files
             raise ModelError(f"{self.model_file}: not a loadable ONNX model: {str(exc).splitlines()[0]}") from None
-        inp = self.session.get_inputs()[0]
+        inputs = self.session.get_inputs()
+        inp = inputs[0]
+        if len(inputs) != 1 or len(inp.shape) != 4 or inp.type != "tensor(float)":
+            raise ModelError(f"{self.model_file}: expected one float input of shape 1x3xHxW, got "
+                             + ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs))
         self.input_name = inp.name
         meta = self.session.get_modelmeta().custom_metadata_map
         shape = inp.shape
-        if meta.get("imgsz"):
-            hw = ast.literal_eval(meta["imgsz"])
-            self.input_hw = (int(hw[0]), int(hw[1])) if isinstance(hw, (list, tuple)) else (int(hw), int(hw))
-        elif isinstance(shape[2], int) and isinstance(shape[3], int):
-            self.input_hw = (shape[2], shape[3])
-        else:
-            raise ModelError(f"{self.model_file}: input size unknown (no 'imgsz' metadata, dynamic input shape)")
+        try:
+            if meta.get("imgsz"):
+                hw = ast.literal_eval(meta["imgsz"])
+                self.input_hw = (int(hw[0]), int(hw[1])) if isinstance(hw, (list, tuple)) else (int(hw), int(hw))
+            elif isinstance(shape[2], int) and isinstance(shape[3], int):
+                self.input_hw = (shape[2], shape[3])
+            else:
+                raise ModelError(f"{self.model_file}: input size unknown (no 'imgsz' metadata, dynamic input shape)")
+        except (ValueError, SyntaxError, TypeError, IndexError):
+            raise ModelError(f"{self.model_file}: metadata 'imgsz' is not a size: {meta['imgsz'][:40]!r}") from None
+        if not all(32 <= v <= 4096 for v in self.input_hw):
+            raise ModelError(f"{self.model_file}: input size {self.input_hw} is outside 32..4096 pixels")
         out_shape = self.session.get_outputs()[0].shape
         n_cls = out_shape[1] - 4 if len(out_shape) == 3 and isinstance(out_shape[1], int) else 0
-        self.names = _parse_names(meta.get("names"), n_cls)
+        try:
+            self.names = _parse_names(meta.get("names"), n_cls)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ModelError(f"{self.model_file}: {exc}") from None
         self.keep_aspect = meta.get("preprocess", "letterbox") != "resize"
         # Classes the model was actually trained on (our export writes it); the rest exist but never fire.
         covered = meta.get("trained_categories") or meta.get("covered")
@@ -259,6 +281,26 @@ class OnnxDetector:
         self.sha256 = file_sha256(self.model_file)
         self.name = meta.get("model_name") or self.model_file.stem
         self.providers = self.session.get_providers()
+        self._check_runs()
+
+    def _check_runs(self) -> None:
+        """One inference on a grey frame at start: a model that loads but cannot run, or answers in a layout the
+        decoder does not know, fails here with its file named instead of at the first real frame."""
+        h, w = self.input_hw
+        try:
+            raw = self.infer(np.full((1, 3, h, w), 114 / 255, np.float32))
+        except Exception as exc:  # onnxruntime's own error types
+            raise ModelError(f"{self.model_file}: does not run on a 1x3x{h}x{w} input: "
+                             f"{str(exc).splitlines()[0]}") from None
+        out = np.asarray(raw)
+        out = out[0] if out.ndim == 3 else out
+        end_to_end = out.ndim == 2 and out.shape[1] == 6 and out.shape[0] != 6
+        if out.ndim != 2 or (not end_to_end and out.shape[0] < 5):
+            raise ModelError(f"{self.model_file}: output shape {np.asarray(raw).shape} is not a YOLO layout "
+                             "(1 x (4 + classes) x N, or 1 x N x 6)")
+        if not end_to_end and out.shape[0] - 4 != len(self.names):
+            raise ModelError(f"{self.model_file}: {out.shape[0] - 4} classes in the output, {len(self.names)} "
+                             "in the 'names' metadata")
 
     def preprocess(self, image_bgr: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         """Frame -> model input tensor and the transform to undo."""

@@ -87,14 +87,17 @@ def _read_frame_times(path: Path, where: str) -> tuple[float, ...]:
     if not path.is_file():
         raise DriveError(f"{where}: {path} not found")
     out = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if lineno == 1 and line.startswith("frame"):
-                continue
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
             try:
-                out.append(parse_utc(line.rstrip("\n").split(",")[1]))
-            except (IndexError, ValueError) as exc:
+                line = raw.decode("utf-8")
+                if lineno == 1 and line.startswith("frame"):
+                    continue
+                out.append(parse_utc(line.rstrip("\r\n").split(",")[1]))
+            except (IndexError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
                 raise DriveError(f"{path}:{lineno}: bad frame time ({exc})") from None
+            if len(out) > 1 and out[-1] < out[-2]:
+                raise DriveError(f"{path}:{lineno}: frame time goes backwards")
     return tuple(out)
 
 
@@ -113,18 +116,29 @@ def open_drive(path: str | Path) -> Drive:
         raise DriveError(f"{mpath}: manifest missing (not a drive folder?)")
     try:
         m = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DriveError(f"{mpath}: not valid JSON: {exc}") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise DriveError(f"{mpath}: format: expected {FORMAT!r}")
     if m.get("version") != 1:
         raise DriveError(f"{mpath}: version: unsupported {m.get('version')!r} (this software reads 1)")
 
+    def text(value: object, key: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise DriveError(f"{mpath}: {key}: expected a non-empty string, got {value!r}")
+        return value
+
+    def utc(value: object, key: str) -> float:
+        try:
+            return parse_utc(text(value, key))
+        except ValueError as exc:
+            raise DriveError(f"{mpath}: {key}: {exc}") from None
+
     def file_field(key: str) -> Path | None:
         value = m.get(key)
-        if not value:
+        if value is None or value == "":
             return None
-        p = root / value
+        p = root / text(value, key)
         if not p.exists():
             raise DriveError(f"{mpath}: {key}: {p} not found")
         return p
@@ -136,29 +150,29 @@ def open_drive(path: str | Path) -> Drive:
     for i, seg in enumerate(video):
         if not isinstance(seg, dict):
             raise DriveError(f"{mpath}: video[{i}]: expected {{file, start_utc}}")
-        try:
-            f = root / seg["file"]
-            start = parse_utc(seg["start_utc"])
-        except (KeyError, TypeError) as exc:
-            raise DriveError(f"{mpath}: video[{i}]: missing {exc}") from None
-        except ValueError as exc:
-            raise DriveError(f"{mpath}: video[{i}].start_utc: {exc}") from None
+        f = root / text(seg.get("file"), f"video[{i}].file")
+        start = utc(seg.get("start_utc"), f"video[{i}].start_utc")
         if not f.is_file():
             raise DriveError(f"{mpath}: video[{i}].file: {f} not found")
         times = None
         if seg.get("frame_times"):
-            times = _read_frame_times(root / seg["frame_times"], f"{mpath}: video[{i}].frame_times")
+            key = f"video[{i}].frame_times"
+            times = _read_frame_times(root / text(seg["frame_times"], key), f"{mpath}: {key}")
         segments.append(VideoSegment(f, start, times))
     stills = None
     stills_start = 0.0
     if m.get("stills"):
-        stills = root / m["stills"]["folder"]
-        stills_start = parse_utc(m["stills"].get("start_utc", "1970-01-01T00:00:00Z"))
+        if not isinstance(m["stills"], dict):
+            raise DriveError(f"{mpath}: stills: expected {{folder, start_utc}}")
+        stills = root / text(m["stills"].get("folder"), "stills.folder")
+        stills_start = utc(m["stills"].get("start_utc", "1970-01-01T00:00:00Z"), "stills.start_utc")
     detections = root / "detections.jsonl"
     try:
         offset = float(m.get("time_offset_s", 0.0))
+        if not abs(offset) < 86400 * 366:  # also nan and inf
+            raise ValueError
     except (TypeError, ValueError):
-        raise DriveError(f"{mpath}: time_offset_s: not a number") from None
+        raise DriveError(f"{mpath}: time_offset_s: not a number of seconds (within a year)") from None
     return Drive(
         root=root,
         vehicle_id=str(m.get("vehicle_id", "")),

@@ -42,7 +42,14 @@ def make_event_id(vehicle_id: str, object_id: str, publication: int) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# What a consumer may rely on: ids are plain tokens (no control characters, which some databases cannot store)
+# and times are UTC ISO 8601 with a 'Z', so that they sort as text.
+Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+UtcTime = Annotated[str, Field(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")]
 
 
 class EventMode(str, Enum):
@@ -106,14 +113,14 @@ class EventProperties(_Strict):
     """Everything the centre needs to review an event and dispatch a crew."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    event_id: str = Field(description="stable id; consumers key on it (delivery is at least once)")
-    vehicle_id: str
-    object_id: str = Field(description="the car's id for the deduplicated object this event reports")
-    category: str
+    event_id: Id = Field(description="stable id; consumers key on it (delivery is at least once)")
+    vehicle_id: Name
+    object_id: Id = Field(description="the car's id for the deduplicated object this event reports")
+    category: Name
     confidence: float = Field(ge=0, le=1, description="median detector score over the object's sightings")
     mode: EventMode = EventMode.enforce
-    first_seen: str = Field(description="UTC, ISO 8601, of the first sighting")
-    last_seen: str = Field(description="UTC, ISO 8601, of the latest sighting")
+    first_seen: UtcTime = Field(description="UTC, ISO 8601, of the first sighting")
+    last_seen: UtcTime = Field(description="UTC, ISO 8601, of the latest sighting")
     observations: int = Field(ge=1, description="frames the object was seen in")
     location: LocationQuality
     vehicle_pose: VehiclePose
@@ -129,7 +136,7 @@ class Event(_Strict):
     """One new problem, as published on ``patrol/v1/{vehicle_id}/events``: a GeoJSON Feature."""
 
     type: Literal["Feature"] = "Feature"
-    id: str
+    id: Id
     geometry: PointGeometry
     properties: EventProperties
 
@@ -154,9 +161,9 @@ class Status(_Strict):
     """Retained status of a car on ``patrol/v1/{vehicle_id}/status``; its Last Will is ``state=offline``."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    vehicle_id: str
+    vehicle_id: Name
     state: StatusState
-    time: str = Field(description="UTC, ISO 8601, when the status was made")
+    time: UtcTime = Field(description="UTC, ISO 8601, when the status was made")
     gps_fix_mode: int | None = Field(default=None, ge=0, le=3)
     gps_fix_age_s: float | None = None
     frames_per_s: float | None = Field(default=None, ge=0)

@@ -40,14 +40,21 @@ def encode_jpeg(image_bgr: np.ndarray, quality: int = 85) -> bytes:
     return buf.tobytes()
 
 
+class PhotoError(OSError):
+    """An evidence photo could not be written; the message names the file."""
+
+
 def save_photo(folder: Path, event_id: str, jpeg: bytes) -> Path:
-    """Write a photo atomically (temp file + rename) and return its path."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write a photo atomically (temp file + rename) and return its path; `PhotoError` naming it on failure."""
     path = folder / f"{event_id}.jpg"
     tmp = path.with_suffix(".jpg.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(jpeg)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(jpeg)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:  # disk full, read-only, a file where the folder should be
+        raise PhotoError(f"{path}: cannot write the evidence photo: {exc.strerror or exc}") from None
     return path

@@ -154,12 +154,15 @@ class StillsSource:
         stamps = self.folder / "timestamps.csv"
         items: list[tuple[Path, float]] = []
         if stamps.is_file():
-            with stamps.open(newline="", encoding="utf-8") as fh:
-                for lineno, row in enumerate(csv.DictReader(fh), start=2):
-                    try:
-                        items.append((self.folder / row["file"], parse_utc(row["utc"])))
-                    except (KeyError, ValueError, TypeError) as exc:
-                        raise FrameSourceError(f"{stamps}:{lineno}: bad row ({exc})") from None
+            try:
+                rows = list(csv.DictReader(stamps.read_text(encoding="utf-8").splitlines()))
+            except (UnicodeDecodeError, csv.Error) as exc:
+                raise FrameSourceError(f"{stamps}: not a UTF-8 CSV of file,utc ({exc})") from None
+            for lineno, row in enumerate(rows, start=2):
+                try:
+                    items.append((self.folder / row["file"], parse_utc(row["utc"])))
+                except (KeyError, ValueError, TypeError) as exc:
+                    raise FrameSourceError(f"{stamps}:{lineno}: bad row ({exc})") from None
         else:
             files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in STILL_SUFFIXES)
             items = [(p, start_utc + i * interval_s) for i, p in enumerate(files)]

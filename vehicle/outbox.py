@@ -292,15 +292,23 @@ class Outbox:
         self.connection.commit()
 
     def ack(self, seq: int) -> None:
-        """Remove a message after its PUBACK (a snapshot's file stays: keeping photos is the caller's call)."""
+        """Remove a message after its PUBACK; a snapshot's photo file goes too (the centre has it now)."""
         self.ack_many([seq])
 
     def ack_many(self, seqs: Iterable[int]) -> None:
-        """Remove several acknowledged messages in one transaction (one fsync)."""
+        """Remove several acknowledged messages in one transaction (one fsync), then their photo files: a car
+        that kept every delivered photo would fill its disk."""
         params = [(s,) for s in seqs]
         if params:
+            files = []
+            for chunk in range(0, len(params), 500):
+                part = [p[0] for p in params[chunk:chunk + 500]]
+                files += [r[0] for r in self.connection.execute(
+                    f"SELECT payload_file FROM outbox WHERE payload_file IS NOT NULL AND seq IN "
+                    f"({','.join('?' * len(part))})", part)]
             self.connection.executemany("DELETE FROM outbox WHERE seq = ?", params)
             self.connection.commit()
+            _unlink_all(files)  # after the commit: a crash in between leaves an orphan file, never a lost row
 
     def park(self, seq: int, reason: str) -> None:
         """Set a refused message aside: kept (and counted in `stats`), not leased again until `unpark_all`."""

@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 _END = object()
 
 
+class FrameOrderError(ValueError):
+    """A replayed frame is older than the one before it; the message names the source and the frames."""
+
+
 @dataclass
 class RunCounters:
     """What one run did; printed at the end of a replay and sent on the status topic."""
@@ -353,6 +357,12 @@ class Pipeline:
         self.counters.detections += len(fd.boxes)
         if p.detections_out is not None:
             p.detections_out.write(fd)
+        if p.progress_key is not None and self._last_frame_utc is not None and fd.time_utc < self._last_frame_utc:
+            # A replay resumes after the newest committed frame time: out of order, it would skip frames.
+            source = p.cached_name if p.cached is not None else "the drive's frames"
+            raise FrameOrderError(f"{source}: frame {fd.frame_index} ({utc_iso(fd.time_utc)}) is older than the "
+                                  f"frame before it ({utc_iso(self._last_frame_utc)}): a replay needs frames in "
+                                  "time order")
         pose = p.pose_at(fd.time_utc)
         self.last_pose = pose
         self._last_frame_utc = fd.time_utc
@@ -394,6 +404,7 @@ class Pipeline:
         workers.append(_Worker("inference", lambda: self._detect_stream(frames_q), results_q, p.stop))
         for w in workers:
             w.start()
+        failed = False
         try:
             while True:
                 try:
@@ -408,15 +419,25 @@ class Pipeline:
                     break
                 frame, fd = item
                 self._post(frame, fd)
+        except BaseException:
+            failed = True
+            raise
         finally:
             p.stop.set()
             for w in workers:
                 w.join(5)
-            p.dedup.flush()  # the last observations (events were committed with their objects already)
-            if self._last_frame_utc is not None and p.outbox.connection.in_transaction:
-                self._note_progress(self._last_frame_utc)
-            if p.outbox.connection.in_transaction:
-                p.outbox.connection.commit()
+            if failed:
+                # A frame broke half-way (an object may be marked published whose event was never queued):
+                # keep only what was committed with its events; a rerun redoes the frames after that.
+                if p.outbox.connection.in_transaction:
+                    p.outbox.connection.rollback()
+                p.dedup.discard_unsaved()
+            else:
+                p.dedup.flush()  # the last observations (events were committed with their objects already)
+                if self._last_frame_utc is not None and p.outbox.connection.in_transaction:
+                    self._note_progress(self._last_frame_utc)
+                if p.outbox.connection.in_transaction:
+                    p.outbox.connection.commit()
         for w in workers:
             if w.error is not None:
                 raise w.error

@@ -67,7 +67,8 @@ def test_events_and_snapshot_arrive_in_order_intact(broker: Broker, tmp_path: Pa
         assert [m.payload for m in got] == [m.payload for m in sent]  # order and bytes
         assert not any(m.retain for m in got)  # events are never retained
         (snap,) = col.on(snapshot_topic(CAR, "ev-3"))
-        assert snap.payload == photo.read_bytes()
+        assert snap.payload == bytes(range(256)) * 40
+        assert not photo.exists()  # delivered: the car deletes its copy
         assert [m.topic for m in col.messages].index(snap.topic) == 3  # in its place in the stream
         assert outbox.stats().depth == 0
         c = pub.counters
