@@ -6,9 +6,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -122,6 +124,19 @@ def test_a_missing_camera_source_is_a_config_error_for_run_and_record(tmp_path: 
     assert not (tmp_path / "drive").exists() and not (tmp_path / "data").exists()
 
 
+def test_record_without_gpsd_keeps_the_video_but_fails(tmp_path: Path) -> None:
+    video = shared_path("drives", "udacity-highway", "test_video.mp4")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "patrol.toml"
+    cfg.write_text(f'[camera]\nsource = "{video}"\n[gps]\ngpsd_port = {port}\n')
+    res = patrol("record", "--config", str(cfg), "--out", str(tmp_path / "drive"))
+    assert_one_error_line(res, 1, "gps.json: no GPS report was recorded", f"127.0.0.1:{port} never answered")
+    assert "38 frames in 1 segment(s)" in res.stdout
+    assert (tmp_path / "drive" / "video" / "000000.mp4").stat().st_size > 0
+
+
 def test_run_with_a_missing_config_file_exits_2(tmp_path: Path) -> None:
     assert_one_error_line(patrol("run", "--config", str(tmp_path / "nope.toml")), 2, "not found")
 
@@ -209,6 +224,45 @@ def test_a_frame_that_breaks_half_way_loses_no_event(tmp_path: Path, filled_stat
     res = patrol(*args, "--out", str(tmp_path / "events.jsonl"))
     assert res.returncode == 0, res.stderr
     assert len((tmp_path / "events.jsonl").read_text().splitlines()) == 13
+
+
+def test_two_runs_on_one_state_folder_are_refused(tmp_path: Path, filled_state) -> None:
+    drive, cfg, detections, _ = filled_state
+    state = tmp_path / "state"
+    args = ["replay", str(drive), "--config", str(cfg), "--state", str(state), "--detections", str(detections)]
+    env = dict(os.environ, YOLO_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
+    first = subprocess.Popen([sys.executable, "-m", "vehicle.cli", *args, "--realtime"], env=env, cwd=REPO_ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (state / "state.sqlite").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert_one_error_line(patrol(*args), 1, str(state), f"in use by another patrol process (pid {first.pid})")
+    finally:
+        first.kill()
+        first.wait(30)
+    assert patrol(*args).returncode == 0  # the lock goes with the process that held it
+
+
+def test_a_replay_stopped_by_sigterm_says_so_and_resumes(tmp_path: Path, filled_state) -> None:
+    drive, cfg, detections, _ = filled_state
+    state, out = tmp_path / "state", tmp_path / "events.jsonl"
+    args = ["replay", str(drive), "--config", str(cfg), "--state", str(state), "--detections", str(detections),
+            "--out", str(out)]
+    env = dict(os.environ, YOLO_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "vehicle.cli", *args, "--realtime"], env=env, cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (state / "state.sqlite").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "INTERRUPTED by SIGTERM (resume with --state)" in err
+    assert patrol(*args).returncode == 0
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert len(ids) == 13 and len(set(ids)) == 13  # the two runs together: every event once
 
 
 def test_cached_detections_out_of_time_order_are_refused(tmp_path: Path, filled_state) -> None:

@@ -7,6 +7,7 @@ outbox is touched by a failed start.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from vehicle.categories import Taxonomy, TaxonomyError
 from vehicle.config import Config, ConfigError, load_config, resolve_path
@@ -136,6 +138,28 @@ def _policy(cfg: Config, taxonomy: Taxonomy):
         return policy_from_taxonomy(taxonomy, cfg.dedup)
     except DedupConfigError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _lock_state(state_dir: Path) -> IO[str]:
+    """Hold the state folder for this process (released when the returned file closes or the process ends):
+    two runs on one dedup index and outbox would each publish what the other already did."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(state_dir / "lock", "a+", encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"{state_dir}: cannot create the state folder: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise OutputError(f"{state_dir}: in use by another patrol process (pid {holder})") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
 
 
 def _state(cfg: Config, base: Path, taxonomy: Taxonomy, state_dir: Path,
@@ -260,6 +284,7 @@ def replay(opts: ReplayOptions) -> RunCounters:
             data_dir, f"replay-{drive.root.name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
         source_counters = SourceCounters()
         frames = drive.frames(source_counters) if (drive.segments or drive.stills) else None
+        stack.callback(_lock_state(state_dir).close)
         outbox, dedup = _state(cfg, base, taxonomy, state_dir, power_safe=False)  # a replay: crash-safe only
         stack.callback(outbox.close)
         progress_key = f"replay:{drive.root.resolve()}"  # one drive, one progress, whichever way it is replayed
@@ -303,8 +328,9 @@ def replay(opts: ReplayOptions) -> RunCounters:
         parts.on_frame = reporter if opts.on_frame is None else (lambda c: (reporter(c), opts.on_frame(c)))
         pipeline = Pipeline(parts)
         reporter.pipeline = pipeline
-        _stop_on_signals(parts.stop)
+        caught = _stop_on_signals(parts.stop)
         counters = pipeline.run()
+        counters.interrupted_by = caught[0] if caught else None
         if publisher is not None:
             publisher.publish_status(reporter.status().to_json())
             if not publisher.flush(opts.flush_timeout_s):
@@ -312,16 +338,29 @@ def replay(opts: ReplayOptions) -> RunCounters:
                             opts.flush_timeout_s, outbox.stats().depth, outbox.path)
             publisher.stop(offline_status_payload=_offline_status(cfg.vehicle_id))
         if opts.summary:
+            stopped = "" if counters.interrupted_by is None else \
+                f" INTERRUPTED by {signal.Signals(counters.interrupted_by).name} (resume with --state)"
             print(f"replay {drive.root.name}: {summary_line(counters)} bad_frames={source_counters.bad_frames} "
-                  f"covered={','.join(covered)} state={state_dir}", file=sys.stderr, flush=True)
+                  f"covered={','.join(covered)} state={state_dir}{stopped}", file=sys.stderr, flush=True)
         return counters
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
+def _stop_on_signals(stop: threading.Event) -> list[int]:
+    """SIGTERM/SIGINT end the run cleanly (what was committed stays); a second one stops at once, also while
+    waiting for the broker (the outbox keeps what was not sent). Returns the list the first signal goes into."""
+    caught: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        return
+        return caught
+
+    def first(sig: int, _frame: object) -> None:
+        caught.append(sig)
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, first)
+    return caught
 
 
 def run_live(config_file: Path) -> int:
@@ -362,6 +401,7 @@ def run_live(config_file: Path) -> int:
         # line up; with gpsd it starts now.
         start = track.first_time_utc() if reader is None else time.time()
         source = open_source(str(resolve_path(cfg.camera.source, base)), start, cfg.camera.stills_interval_s)
+    state_lock = _lock_state(data_dir)  # held until the process ends
     outbox, dedup = _state(cfg, base, taxonomy, data_dir)
     rules, warning = _rules(cfg, base, taxonomy, outbox.connection)
     publisher = _publisher(cfg, base, outbox.path) if cfg.mqtt.enabled else None
@@ -396,6 +436,7 @@ def run_live(config_file: Path) -> int:
         if events_out is not None:
             events_out.close()
         outbox.close()
+        state_lock.close()
     print(f"run: {summary_line(counters)}", file=sys.stderr, flush=True)
     return 0
 

@@ -20,17 +20,31 @@ EXIT_INPUT = 1
 EXIT_CONFIG = 2
 
 
+def _seconds(minimum: float):
+    """An argparse type: a finite number of seconds, at least ``minimum``."""
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not minimum <= value < 1e9:  # also refuses nan and inf
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"seconds (>= {minimum:g})"
+    return parse
+
+
 def _replay(args: argparse.Namespace) -> int:
     from vehicle.app import ReplayOptions, replay
 
-    replay(ReplayOptions(
+    counters = replay(ReplayOptions(
         drive_dir=Path(args.drive_dir), config_file=Path(args.config) if args.config else None,
         realtime=args.realtime, out=args.out or "", save_detections=Path(args.save_detections)
         if args.save_detections else None, detections=Path(args.detections) if args.detections else None,
         state_dir=Path(args.state) if args.state else None, no_mqtt=args.no_mqtt,
         flush_timeout_s=args.flush_timeout_s,
     ))
-    return 0
+    # stopped by a signal: not the whole drive, say so the shell's way (128 + signal)
+    return 0 if counters.interrupted_by is None else 128 + counters.interrupted_by
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -72,14 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--detections", metavar="F.jsonl", help="replay cached detections instead of running the model")
     p.add_argument("--state", metavar="DIR", help="dedup index + outbox folder to reuse (default: a fresh one)")
     p.add_argument("--no-mqtt", action="store_true", help="do not connect to a broker")
-    p.add_argument("--flush-timeout-s", type=float, default=30.0, help="wait this long for the broker at the end")
+    p.add_argument("--flush-timeout-s", type=_seconds(0.0), default=30.0,
+                   help="wait this long for the broker at the end")
     p.set_defaults(func=_replay)
 
     p = sub.add_parser("record", help="record a drive folder from the live camera and gpsd")
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True, help="drive folder to create")
-    p.add_argument("--duration-s", type=float, default=0.0, help="stop after this long (0: until Ctrl-C)")
-    p.add_argument("--segment-s", type=float, default=300.0, help="start a new video file this often")
+    p.add_argument("--duration-s", type=_seconds(0.0), default=0.0, help="stop after this long (0: until Ctrl-C)")
+    p.add_argument("--segment-s", type=_seconds(1.0), default=300.0, help="start a new video file this often")
     p.set_defaults(func=_record)
 
     p = sub.add_parser("check-config", help="validate a configuration file and the files it names")

@@ -66,6 +66,7 @@ class RunCounters:
     events: int = 0
     started_mono: float = field(default_factory=time.monotonic)
     inference_s: float = 0.0
+    interrupted_by: int | None = None  # the signal that stopped a replay early
 
     def frames_per_s(self) -> float:
         """Frames processed per second of wall time since the start."""

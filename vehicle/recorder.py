@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import IO
 import cv2
 
 from vehicle.config import ConfigError, load_config, resolve_path
-from vehicle.drive import utc_iso, write_manifest
+from vehicle.drive import DriveError, utc_iso, write_manifest
 from vehicle.frames import LiveSource, is_live_spec, open_source
 from vehicle.gps import Fix, GnssClock, GpsdReader, PoseTrack
 
@@ -64,7 +65,7 @@ def record(config_file: Path, out_dir: Path, duration_s: float = 0.0, segment_s:
     if not calibration.is_file():
         raise ConfigError(f"{config_file}: camera.calibration_file: {calibration} not found")
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise ConfigError(f"{out_dir}: drive folder exists and is not empty; choose a new one")
+        raise DriveError(f"{out_dir}: --out: drive folder exists and is not empty; choose a new one")
     (out_dir / "video").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(calibration, out_dir / "calibration.toml")
     stop = threading.Event()
@@ -120,4 +121,9 @@ def record(config_file: Path, out_dir: Path, duration_s: float = 0.0, segment_s:
         gps_out.close()
         write_manifest(out_dir, segments, "gps.json", "calibration.toml", cfg.vehicle_id, "patrol record")
     print(f"record: {frames} frames in {len(segments)} segment(s) -> {out_dir}", flush=True)
+    if (out_dir / "gps.json").stat().st_size == 0:
+        # the video is kept, but without a GPS log the drive cannot be replayed: say so, and not with exit 0
+        print(f"patrol: error: {out_dir / 'gps.json'}: no GPS report was recorded (gpsd at "
+              f"{cfg.gps.gpsd_host}:{cfg.gps.gpsd_port} never answered)", file=sys.stderr, flush=True)
+        return 1
     return 0
