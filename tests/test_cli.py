@@ -265,6 +265,33 @@ def test_a_replay_stopped_by_sigterm_says_so_and_resumes(tmp_path: Path, filled_
     assert len(ids) == 13 and len(set(ids)) == 13  # the two runs together: every event once
 
 
+def test_a_stretch_without_detections_still_moves_the_resume_point(tmp_path: Path, filled_state) -> None:
+    drive, cfg, detections, _ = filled_state
+    lines = detections.read_text().splitlines()
+    t0 = json.loads(lines[1])["time_utc"]
+    empty = tmp_path / "empty.jsonl"  # every frame of the 10.5 s walk, nothing detected in any
+    empty.write_text("\n".join([lines[0]] + [json.dumps({"frame": i, "time_utc": t0 + i * 1001 / 30000,
+                                                          "size_wh": [848, 480], "detections": []})
+                                              for i in range(315)]))
+    state = tmp_path / "state"
+    env = dict(os.environ, YOLO_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "vehicle.cli", "replay", str(drive), "--config", str(cfg),
+                             "--state", str(state), "--detections", str(empty), "--realtime"], env=env,
+                            cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (state / "state.sqlite").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(8.0)  # paced: about 8 s of the drive done
+    proc.kill()  # no clean stop: only what was committed counts
+    proc.wait(30)
+    conn = open_state_readonly(state / "state.sqlite")
+    try:
+        (mark,) = conn.execute("SELECT last_time_utc FROM pipeline_progress").fetchone()
+    finally:
+        conn.close()
+    assert mark >= t0 + 5.0
+
+
 def test_cached_detections_out_of_time_order_are_refused(tmp_path: Path, filled_state) -> None:
     drive, cfg, detections, _ = filled_state
     lines = detections.read_text().splitlines(keepends=True)

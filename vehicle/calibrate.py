@@ -192,6 +192,8 @@ def read_ground_points(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.nda
             rows = list(csv.DictReader(fh))
     except OSError as e:
         raise CalibrationError(f"{p}: cannot read: {e.strerror or e}") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise CalibrationError(f"{p}: not a UTF-8 CSV file ({e})") from None
     if not rows or any(k not in rows[0] for k in need):
         raise CalibrationError(f"{p}: header must name columns {', '.join(need)}")
     values = np.zeros((len(rows), 4))
@@ -212,6 +214,8 @@ def read_lane_points(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             rows = list(csv.DictReader(fh))
     except OSError as e:
         raise CalibrationError(f"{p}: cannot read: {e.strerror or e}") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise CalibrationError(f"{p}: not a UTF-8 CSV file ({e})") from None
     if not rows or any(k not in rows[0] for k in ("line", "u_px", "v_px")):
         raise CalibrationError(f"{p}: header must name columns line, u_px, v_px")
     pts: dict[str, list[tuple[float, float]]] = {"left": [], "right": []}

@@ -61,7 +61,7 @@ def load_truth(path: str | Path) -> tuple[PointSet, list[dict]]:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except OSError as exc:
         raise EvalError(f"{p}: cannot read truth: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise EvalError(f"{p}: not valid JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("type") != "FeatureCollection" or not isinstance(doc.get("features"), list):
         raise EvalError(f"{p}: not a GeoJSON FeatureCollection")

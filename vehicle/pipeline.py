@@ -200,6 +200,7 @@ class Pipeline:
         self._calib_by_size: dict[tuple[int, int], CameraCalibration] = {}
         self._last_good_pose = None
         self.last_pose = None  # pose at the newest processed frame (for the status topic)
+        self._progress_utc = -float("inf")  # frame time of the newest progress mark
         self._last_frame_utc: float | None = None
         parts.outbox.connection.execute(
             "CREATE TABLE IF NOT EXISTS pipeline_progress (key TEXT PRIMARY KEY, last_time_utc REAL NOT NULL)")
@@ -313,6 +314,7 @@ class Pipeline:
 
     def _note_progress(self, time_utc: float) -> None:
         # Same transaction as the dedup changes of this frame: a resumed replay skips exactly what was committed.
+        self._progress_utc = time_utc
         if self.p.progress_key is not None:
             self.p.outbox.connection.execute(
                 "INSERT OR REPLACE INTO pipeline_progress VALUES (?, ?)", (self.p.progress_key, time_utc))
@@ -379,6 +381,11 @@ class Pipeline:
                 confirmations += p.rules.update(candidates, pose, fd.time_utc)
         if self.counters.frames % 200 == 0:
             p.dedup.expire(fd.time_utc)
+        quiet_for_s = fd.time_utc - self._progress_utc
+        if p.progress_key is not None and not p.outbox.connection.in_transaction and quiet_for_s >= 5.0:
+            # A stretch without detections still moves the resume point (a few-row commit every 5 s of drive).
+            p.dedup.flush(fd.time_utc)
+            self._note_progress(fd.time_utc)
         if p.outbox.connection.in_transaction or confirmations:
             # Something is being committed: bring the dedup index up to this frame too, so the progress mark
             # never runs ahead of the observations it stands for.
@@ -435,7 +442,7 @@ class Pipeline:
                 p.dedup.discard_unsaved()
             else:
                 p.dedup.flush()  # the last observations (events were committed with their objects already)
-                if self._last_frame_utc is not None and p.outbox.connection.in_transaction:
+                if self._last_frame_utc is not None:
                     self._note_progress(self._last_frame_utc)
                 if p.outbox.connection.in_transaction:
                     p.outbox.connection.commit()
