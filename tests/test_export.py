@@ -40,6 +40,10 @@ def test_model_is_small_enough_for_the_repo() -> None:
     assert MODEL.stat().st_size < 15e6
 
 
+def test_metadata_holds_no_path_of_the_machine_it_was_exported_on(meta: dict[str, str]) -> None:
+    assert not [k for k, v in meta.items() if "/work/" in v or str(REPO_ROOT) in v or "/home/" in v]
+
+
 def test_metadata_names_are_the_taxonomy_in_id_order(meta: dict[str, str]) -> None:
     names = ast.literal_eval(meta["names"])
     assert [names[i] for i in sorted(names)] == Taxonomy.load().names
