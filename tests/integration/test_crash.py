@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -137,21 +138,36 @@ def time_to_last_event(db: Path, proc: subprocess.Popen, events: int) -> float:
         conn.close()
 
 
-def inspect_state(db: Path) -> tuple[str, set[str], set[str]]:
+def inspect_state(db: Path, scratch: Path) -> tuple[str, set[str], set[str]]:
     """``(integrity, queued event ids, accepted event ids)`` of a state file after a kill.
 
     Accepted events are those the dedup index records as published (they were committed in the same
-    transaction as their outbox rows); queued ones are still waiting in the outbox.
+    transaction as their outbox rows); queued ones are still waiting in the outbox. The file and its WAL are
+    copied first: after a kill the WAL needs recovering, which a read-only connection cannot do, and the checker
+    must not change the state the next run opens. A kill before the schema was written leaves no tables: empty.
     """
-    conn = open_state_readonly(db)
+    scratch.mkdir(parents=True, exist_ok=True)
+    copy = scratch / "state.sqlite"
+    for suffix in ("", "-wal", "-shm"):
+        (scratch / f"state.sqlite{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(db, copy)
+    wal = db.with_name(db.name + "-wal")
+    if wal.exists():
+        shutil.copyfile(wal, scratch / "state.sqlite-wal")
+    conn = sqlite3.connect(copy, timeout=10)
     try:
         integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
-        queued = {r[0] for r in conn.execute("SELECT key FROM outbox WHERE kind = 'event'")}
-        accepted = set()
-        for object_id, publications in conn.execute(
-                "SELECT object_id, publications FROM dedup_objects WHERE publications > 0"):
-            accepted |= {make_event_id(VEHICLE_ID, object_id, n) for n in range(1, publications + 1)}
-        conn.execute("SELECT COUNT(*) FROM outbox_counters").fetchone()  # every table reads
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        queued: set[str] = set()
+        accepted: set[str] = set()
+        if "outbox" in tables:
+            queued = {r[0] for r in conn.execute("SELECT key FROM outbox WHERE kind = 'event'")}
+        if "dedup_objects" in tables:
+            for object_id, publications in conn.execute(
+                    "SELECT object_id, publications FROM dedup_objects WHERE publications > 0"):
+                accepted |= {make_event_id(VEHICLE_ID, object_id, n) for n in range(1, publications + 1)}
+        if "outbox_counters" in tables:
+            conn.execute("SELECT COUNT(*) FROM outbox_counters").fetchone()  # every table reads
         return integrity, queued, accepted
     finally:
         conn.close()
@@ -229,7 +245,7 @@ def test_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing(
                     phase = "completed"
                 proc.wait(10)
                 if db.exists():
-                    integrity, queued, accepted = inspect_state(db)
+                    integrity, queued, accepted = inspect_state(db, tmp_path / "inspect")
                     assert integrity == "ok", f"state after kill at {phase} +{delay:.2f} s: {integrity}"
                     queued_seen |= queued
                     accepted_seen |= accepted
@@ -239,7 +255,7 @@ def test_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing(
             final = subprocess.run(replay_cmd(drive, cfg, state, detections, out), env=child_env(),
                                    capture_output=True, text=True, timeout=120)
             assert final.returncode == 0, final.stderr
-            integrity, queued, accepted = inspect_state(db)
+            integrity, queued, accepted = inspect_state(db, tmp_path / "inspect")
             assert integrity == "ok"
             assert queued == set(), f"{len(queued)} events still in the outbox after the final run"
             accepted_seen |= accepted

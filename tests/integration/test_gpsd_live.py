@@ -90,16 +90,19 @@ def test_a_fix_gpsd_keeps_repeating_goes_stale(tmp_path):
                 time.sleep(0.1)
             time.sleep(0.3)
             fixes_then, newest = reader.counters["fixes"], track.latest.time_utc
-            fresh = track.pose_at(clock.utc_at(time.monotonic()))
+            t_fresh = time.monotonic()
+            fresh = track.pose_at(clock.utc_at(t_fresh))
             time.sleep(1.5)  # nothing fed: gpsd repeats its last fix
-            stale = track.pose_at(clock.utc_at(time.monotonic()))
+            t_stale = time.monotonic()
+            stale = track.pose_at(clock.utc_at(t_stale))
             counters = reader.counters
         finally:
             reader.stop()
     assert counters["fixes"] == fixes_then and counters["stale"] >= 10
     assert track.latest.time_utc == newest
-    assert fresh.valid and fresh.fix_age_s < 0.5
-    assert stale.fix_age_s == pytest.approx(fresh.fix_age_s + 1.5, abs=0.2) and not stale.valid
+    # The fix's age grows with the clock while gpsd repeats it (load on the machine only delays the reads).
+    assert fresh.valid and fresh.fix_age_s < 1.0
+    assert stale.fix_age_s == pytest.approx(fresh.fix_age_s + (t_stale - t_fresh), abs=0.05) and not stale.valid
 
 
 def test_reader_reconnects_after_gpsd_restarts(tmp_path):
