@@ -8,7 +8,8 @@ import pytest
 
 from tests.drives import gopro_drive
 from vehicle.app import OutputError, ReplayOptions, replay
-from vehicle.drive import DriveError
+from vehicle.config import ConfigError
+from vehicle.drive import DriveError, open_drive
 
 
 def _no_mqtt(tmp_path):
@@ -35,3 +36,32 @@ def test_unwritable_outputs_are_named(tmp_path):
     a_file.write_text("")
     with pytest.raises(OutputError, match="cannot create the state folder"):
         replay(ReplayOptions(drive, cfg, state_dir=a_file))
+
+
+def test_a_class_map_typo_stops_a_replay_naming_the_key(tmp_path):
+    drive = gopro_drive(tmp_path / "d")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n[mqtt]\nenabled = false\n'
+                   '[detector.class_map]\ngarbage = "exposed_garbaje"\n')
+    with pytest.raises(ConfigError, match=r"c\.toml: detector\.class_map\.garbage: unknown category 'exposed_garbaje'"):
+        replay(ReplayOptions(drive, cfg, state_dir=tmp_path / "s"))
+    assert not (tmp_path / "s").exists()  # nothing started
+
+
+def test_without_out_the_configs_jsonl_file_gets_the_events(tmp_path):
+    drive = gopro_drive(tmp_path / "d")
+    seg = open_drive(drive).segments[0]
+    lines = [json.dumps({"header": {"format": "patrol-detections", "version": 1,
+                                    "model": {"name": "crafted", "sha256": "c" * 64}}})]
+    for i in range(20):  # one confident box, low in the frame (on the ground a few metres ahead), 20 frames
+        t = seg.frame_times_utc[i] if seg.frame_times_utc else seg.start_utc + i / 30.0
+        lines.append(json.dumps({"frame": i, "time_utc": t, "size_wh": [848, 480], "detections": [
+            {"category": "exposed_garbage", "score": 0.9, "xyxy": [384, 380, 464, 440]}]}))
+    detections = tmp_path / "det.jsonl"
+    detections.write_text("\n".join(lines) + "\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n[mqtt]\nenabled = false\n[output]\njsonl_file = "ev.jsonl"\n')
+    replay(ReplayOptions(drive, cfg, detections=detections, state_dir=tmp_path / "s"))
+    events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert [e["properties"]["category"] for e in events] == ["exposed_garbage"]
+    assert events[0]["properties"]["model"] == {"name": "crafted", "sha256": "c" * 64}

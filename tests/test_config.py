@@ -83,6 +83,12 @@ BAD_CONFIGS = [
     ("nan radius", "[dedup.radius_m]\nroad_damage = nan\n", "dedup.radius_m.road_damage", "finite number"),
     ("absurd gate", "[dedup]\nreacquire_factor = 1e308\n", "dedup.reacquire_factor", "10"),
     ("thread count", "[detector]\nintra_op_threads = 100000\n", "detector.intra_op_threads", "256"),
+    ("boolean as a number", "[detector]\nmax_detections = true\n", "detector.max_detections", "integer"),
+    ("string as a number", "[mqtt]\nport = '1883'\n", "mqtt.port", "integer"),
+    ("no providers", "[detector]\nproviders = []\n", "detector.providers", "at least 1"),
+    ("empty broker host", "[mqtt]\nhost = ''\n", "mqtt.host", "at least 1"),
+    ("categories for the object model", "[object_detector]\ncategories_file = 'x.yaml'\n",
+     "object_detector.categories_file", "unknown key"),
     ("nested too deeply", "vehicle_id = " + "[" * 5000 + "]" * 5000 + "\n", "", "nested too deeply"),
 ]
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from vehicle.categories import Taxonomy, TaxonomyError
-from vehicle.config import Config, ConfigError, load_config, resolve_path
+from vehicle.config import Config, ConfigError, DetectorConfig, ObjectDetectorConfig, load_config, resolve_path
 from vehicle.dedup import DedupConfigError, DedupIndex, policy_from_taxonomy
 from vehicle.detection_log import DetectionLogError, DetectionLogWriter, read_detection_log
 from vehicle.detector import ModelError, load_detector
@@ -90,16 +90,11 @@ def _load(config_file: Path | None) -> tuple[Config, Path]:
 
 def _detectors(
     cfg: Config, base: Path, data_dir: Path, taxonomy: Taxonomy
-) -> tuple[ModelStage, ModelRef, list[str]]:
+) -> tuple[ModelStage, ModelRef, ModelRef | None, list[str]]:
+    """The detection stage, the model reference of each model (its events name the one that saw them), coverage."""
+    _check_class_maps(cfg, taxonomy)
     d = cfg.detector
-    trt_cache = resolve_path(d.tensorrt_cache_dir, base) if d.tensorrt_cache_dir else data_dir / "trt-cache"
-    try:
-        detector = load_detector(resolve_path(d.model_file, base), score_threshold=d.score_threshold,
-                                 iou_threshold=d.iou_threshold, max_detections=d.max_detections,
-                                 providers=d.providers, intra_op_threads=d.intra_op_threads,
-                                 tensorrt_fp16=d.tensorrt_fp16, tensorrt_cache_dir=trt_cache)
-    except ModelError as exc:
-        raise _as_config_error("detector.model_file", exc) from None
+    detector = _load_model("detector", d, base, data_dir)
     class_map = {n: d.class_map.get(n, n) for n in detector.names}
     class_map = {k: v for k, v in class_map.items() if taxonomy.get(v) is not None}
     covered = sorted(set(class_map.values()) & set(detector.covered or class_map.values()),
@@ -110,17 +105,34 @@ def _detectors(
         o = cfg.object_detector
         if not o.model_file:
             raise ConfigError("object_detector.model_file: required when object_detector.enabled = true")
-        try:
-            obj = load_detector(resolve_path(o.model_file, base), score_threshold=o.score_threshold,
-                                iou_threshold=o.iou_threshold, max_detections=o.max_detections,
-                                providers=o.providers, intra_op_threads=o.intra_op_threads,
-                                tensorrt_fp16=o.tensorrt_fp16, tensorrt_cache_dir=data_dir / "trt-cache")
-        except ModelError as exc:
-            raise _as_config_error("object_detector.model_file", exc) from None
-        obj_map = {k: v for k, v in taxonomy.object_class_map().items() if k in obj.names}
+        obj = _load_model("object_detector", o, base, data_dir)
+        # the taxonomy's object_classes, with the config's class_map on top (a city's own model may name them so)
+        obj_map = {k: v for k, v in {**taxonomy.object_class_map(), **o.class_map}.items() if k in obj.names}
         covered = sorted(set(covered) | set(obj_map.values()), key=lambda n: taxonomy[n].id)
     ref = ModelRef(name=detector.name, sha256=detector.sha256)
-    return ModelStage(detector, class_map, obj, obj_map), ref, covered
+    obj_ref = None if obj is None else ModelRef(name=obj.name, sha256=obj.sha256)
+    return ModelStage(detector, class_map, obj, obj_map), ref, obj_ref, covered
+
+
+def _load_model(key: str, d: DetectorConfig | ObjectDetectorConfig, base: Path, data_dir: Path):
+    """One configured model, loaded; a `ConfigError` naming ``key.model_file`` when it cannot be."""
+    trt_cache = resolve_path(d.tensorrt_cache_dir, base) if d.tensorrt_cache_dir else data_dir / "trt-cache"
+    try:
+        return load_detector(resolve_path(d.model_file, base), score_threshold=d.score_threshold,
+                             iou_threshold=d.iou_threshold, max_detections=d.max_detections,
+                             providers=d.providers, intra_op_threads=d.intra_op_threads,
+                             tensorrt_fp16=d.tensorrt_fp16, tensorrt_cache_dir=trt_cache)
+    except ModelError as exc:
+        raise _as_config_error(f"{key}.model_file", exc) from None
+
+
+def _check_class_maps(cfg: Config, taxonomy: Taxonomy) -> None:
+    """Every class_map target is a category of the taxonomy (a typo would silently lose a class)."""
+    for key, d in (("detector", cfg.detector), ("object_detector", cfg.object_detector)):
+        for name, target in d.class_map.items():
+            if taxonomy.get(target) is None:
+                raise ConfigError(f"{key}.class_map.{name}: unknown category {target!r} "
+                                  f"(not in {cfg.detector.categories_file})")
 
 
 def _rules(cfg: Config, base: Path, taxonomy: Taxonomy, conn):
@@ -261,13 +273,16 @@ def replay(opts: ReplayOptions) -> RunCounters:
     g = cfg.gps
     track = load_track(drive.gps_file, max_fix_age_s=g.max_fix_age_s, stopped_speed_mps=g.stopped_speed_mps,
                        max_gap_s=g.max_interpolation_gap_s)
-    data_dir = (base / cfg.data_dir).resolve()
+    data_dir = resolve_path(cfg.data_dir, base).resolve()  # as `patrol run` finds it (~ and $VARS expanded)
     with ExitStack() as stack:
         if opts.detections is not None:
             model, cached = read_detection_log(opts.detections, taxonomy.names)
             stage = None
             try:
                 ref = ModelRef(name=str(model.get("name", "cached")), sha256=str(model.get("sha256", "0" * 64)))
+                obj_model = model.get("object_model")
+                obj_ref = None if not isinstance(obj_model, dict) else ModelRef(
+                    name=str(obj_model.get("name", "cached")), sha256=str(obj_model.get("sha256", "0" * 64)))
             except ValueError as exc:  # pydantic's ValidationError
                 raise DetectionLogError(f"{opts.detections}:1: header model: {_first_error(exc)}") from None
             covered = [c for c in model.get("covered") or taxonomy.names if taxonomy.get(c) is not None]
@@ -276,14 +291,15 @@ def replay(opts: ReplayOptions) -> RunCounters:
                 raise DriveError(f"{drive.root}: the drive has no video or stills: replay it with --detections F.jsonl")
             cached = None
             try:  # the TensorRT engine cache is the car's, not this replay's: built once
-                stage, ref, covered = _detectors(cfg, base, data_dir, taxonomy)
+                stage, ref, obj_ref, covered = _detectors(cfg, base, data_dir, taxonomy)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
         # only now, with everything checked: a failed start leaves no folder behind
         state_dir = opts.state_dir or _fresh_state_dir(
             data_dir, f"replay-{drive.root.name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
         source_counters = SourceCounters()
-        frames = drive.frames(source_counters) if (drive.segments or drive.stills) else None
+        frames = drive.frames(source_counters, cfg.camera.stills_interval_s) if (drive.segments or drive.stills) \
+            else None
         stack.callback(_lock_state(state_dir).close)
         outbox, dedup = _state(cfg, base, taxonomy, state_dir, power_safe=False)  # a replay: crash-safe only
         stack.callback(outbox.close)
@@ -296,18 +312,21 @@ def replay(opts: ReplayOptions) -> RunCounters:
         if cfg.mqtt.enabled and not opts.no_mqtt:
             publisher = _publisher(cfg, base, outbox.path)
         events_out = None
-        if opts.out == "-":
+        out_file = opts.out or (str(resolve_path(cfg.output.jsonl_file, base)) if cfg.output.jsonl_file else None)
+        if out_file == "-":
             events_out = sys.stdout
-        elif opts.out:
+        elif out_file:  # --out, else the config's output.jsonl_file
             try:
-                events_out = stack.enter_context(open(opts.out, "a", encoding="utf-8"))
+                events_out = stack.enter_context(open(out_file, "a", encoding="utf-8"))
             except OSError as exc:
-                raise OutputError(f"{opts.out}: cannot write events: {exc.strerror or exc}") from None
+                raise OutputError(f"{out_file}: cannot write events: {exc.strerror or exc}") from None
         det_out = None
         if opts.save_detections is not None:
+            header_model: dict = {"name": ref.name, "sha256": ref.sha256, "covered": covered}
+            if obj_ref is not None:
+                header_model["object_model"] = {"name": obj_ref.name, "sha256": obj_ref.sha256}
             try:
-                det_out = DetectionLogWriter(opts.save_detections,
-                                             {"name": ref.name, "sha256": ref.sha256, "covered": covered},
+                det_out = DetectionLogWriter(opts.save_detections, header_model,
                                              keep_until_utc=resume_after)  # a resumed replay goes on
             except OSError as exc:
                 raise OutputError(f"{opts.save_detections}: cannot write detections: {exc.strerror or exc}") from None
@@ -315,7 +334,8 @@ def replay(opts: ReplayOptions) -> RunCounters:
         parts = PipelineParts(
             vehicle_id=cfg.vehicle_id, frames=frames, detect=stage, cached=cached, pose_at=track.pose_at,
             cached_name=str(opts.detections),
-            calibration=calibration, dedup=dedup, outbox=outbox, model_ref=ref, photos_dir=state_dir / "photos",
+            calibration=calibration, dedup=dedup, outbox=outbox, model_ref=ref, object_model_ref=obj_ref,
+            photos_dir=state_dir / "photos",
             min_range_m=cfg.location.min_range_m, max_range_m=cfg.location.max_range_m,
             no_fix_policy=g.no_fix_policy, jpeg_quality=cfg.photo.jpeg_quality,
             photo_max_width_px=cfg.photo.max_width_px, publish_snapshots=cfg.mqtt.publish_snapshots,
@@ -375,7 +395,7 @@ def run_live(config_file: Path) -> int:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"{config_file}: data_dir: {data_dir}: cannot create: {exc.strerror or exc}") from None
-    stage, ref, covered = _detectors(cfg, base, data_dir, taxonomy)
+    stage, ref, obj_ref, covered = _detectors(cfg, base, data_dir, taxonomy)
     g = cfg.gps
     clock = GnssClock()
     if g.source == "gpsd":
@@ -411,7 +431,8 @@ def run_live(config_file: Path) -> int:
                               getattr(source, "counters", None), notifier)
     parts = PipelineParts(
         vehicle_id=cfg.vehicle_id, frames=source, detect=stage, cached=None, pose_at=track.pose_at,
-        calibration=calibration, dedup=dedup, outbox=outbox, model_ref=ref, photos_dir=data_dir / "photos",
+        calibration=calibration, dedup=dedup, outbox=outbox, model_ref=ref, object_model_ref=obj_ref,
+        photos_dir=data_dir / "photos",
         min_range_m=cfg.location.min_range_m, max_range_m=cfg.location.max_range_m, no_fix_policy=g.no_fix_policy,
         jpeg_quality=cfg.photo.jpeg_quality, photo_max_width_px=cfg.photo.max_width_px,
         publish_snapshots=cfg.mqtt.publish_snapshots, frame_queue_size=cfg.runtime.frame_queue_size,
@@ -465,9 +486,10 @@ def validate_service_config(cfg: Config, base: Path, config_file: Path) -> Taxon
         _policy(cfg, taxonomy)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    for name, target in cfg.detector.class_map.items():
-        if taxonomy.get(target) is None:
-            raise ConfigError(f"{where}: detector.class_map.{name}: unknown category {target!r}")
+    try:
+        _check_class_maps(cfg, taxonomy)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     calib = resolve_path(cfg.camera.calibration_file, base)
     if not calib.is_file():
         raise ConfigError(f"{where}: camera.calibration_file: {cfg.camera.calibration_file} not found")

@@ -26,8 +26,9 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    # inf and NaN parse as TOML floats; no setting means either (an infinite timeout stops paho's thread)
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # inf and NaN parse as TOML floats; no setting means either (an infinite timeout stops paho's thread).
+    # strict: TOML has real types, so `max_detections = true` or `port = "1883"` is a mistake, not a number.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 class CameraConfig(_Section):
@@ -70,27 +71,32 @@ class GpsConfig(_Section):
     )
 
 
-class DetectorConfig(_Section):
-    """The ONNX model and how it runs."""
+class _ModelConfig(_Section):
+    """One ONNX model and how it runs (shared by the 13-category and the general-object model)."""
 
     model_file: str = Field(default="models/patrol-detector.onnx", description="ultralytics-exported YOLO ONNX")
     score_threshold: float = Field(default=0.25, ge=0, le=1, description="boxes scoring lower are ignored")
     iou_threshold: float = Field(default=0.5, gt=0, le=1, description="class-aware NMS IoU")
     max_detections: int = Field(default=100, ge=1, le=10000, description="at most this many boxes a frame")
     providers: list[Literal["tensorrt", "cuda", "cpu"]] = Field(
-        default_factory=lambda: ["tensorrt", "cuda", "cpu"],
+        default_factory=lambda: ["tensorrt", "cuda", "cpu"], min_length=1,
         description="execution providers in order of preference; unavailable ones are skipped",
     )
     intra_op_threads: int = Field(default=0, ge=0, le=256, description="ONNX Runtime threads (0: its default)")
     tensorrt_fp16: bool = Field(default=True, description="TensorRT provider builds an FP16 engine")
     tensorrt_cache_dir: str = Field(default="", description="engine cache; empty: <data_dir>/trt-cache")
-    categories_file: str = Field(default="models/categories.yaml", description="the city's taxonomy")
     class_map: dict[str, str] = Field(
         default_factory=dict, description="model class name -> category name, where they differ"
     )
 
 
-class ObjectDetectorConfig(DetectorConfig):
+class DetectorConfig(_ModelConfig):
+    """The 13-category model."""
+
+    categories_file: str = Field(default="models/categories.yaml", description="the city's taxonomy")
+
+
+class ObjectDetectorConfig(_ModelConfig):
     """Optional general-object model (COCO) whose classes become rule candidates."""
 
     enabled: bool = Field(default=False, description="run the general-object model and the rules")
@@ -146,7 +152,7 @@ class MqttConfig(_Section):
     """Delivery to the command centre."""
 
     enabled: bool = Field(default=True, description="publish to a broker (false: outbox and --out only)")
-    host: str = Field(default="127.0.0.1", description="the centre's broker")
+    host: str = Field(default="127.0.0.1", min_length=1, description="the centre's broker")
     port: int = Field(default=1883, ge=1, le=65535, description="1883 plain, 8883 TLS by convention")
     client_id: str = Field(default="", description="empty: patrol-<vehicle_id>")
     username: str = Field(default="", description="the car's broker account (by convention its vehicle_id)")

@@ -2,7 +2,8 @@
 
 One JSON object per line. The first line is a header naming the model; then one line per frame::
 
-    {"header": {"format": "patrol-detections", "version": 1, "model": {"name": ..., "sha256": ...}}}
+    {"header": {"format": "patrol-detections", "version": 1, "model": {"name": ..., "sha256": ..., "covered": [...],
+                "object_model": {"name": ..., "sha256": ...}}}}  # object_model: only with a general-object model
     {"frame": 12, "time_utc": 1574120714.4, "size_wh": [848, 480],
      "detections": [{"category": "road_damage", "score": 0.71, "xyxy": [10.5, 20.0, 80.2, 95.0]},
                     {"category": "illegal_parking", "score": 0.55, "xyxy": [...], "object_class": "car"}]}

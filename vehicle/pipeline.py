@@ -127,6 +127,7 @@ class PipelineParts:
     outbox: Outbox
     model_ref: ModelRef
     photos_dir: Path
+    object_model_ref: ModelRef | None = None  # the general-object model's, for events its candidates confirmed
     min_range_m: float = 1.0
     max_range_m: float = 40.0
     no_fix_policy: str = "hold"
@@ -306,7 +307,7 @@ class Pipeline:
             box_xyxy=tuple(round(float(v), 1) for v in c.sighting.box_xyxy),
             image_size_wh=fd.size_wh,
             frame_index=fd.frame_index,
-            model=p.model_ref,
+            model=p.object_model_ref if rule is not None and p.object_model_ref is not None else p.model_ref,
             snapshot_topic=None,
             rule=rule,
         )

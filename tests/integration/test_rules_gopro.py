@@ -20,6 +20,7 @@ from vehicle.app import ReplayOptions, replay
 from vehicle.config import Config
 from vehicle.dedup import distance_m
 from vehicle.detection_log import read_detection_log
+from vehicle.detector import file_sha256
 from vehicle.geometry import CameraCalibration, enu_to_wgs84, locate, wgs84_to_enu
 from vehicle.gps import load_track
 
@@ -115,8 +116,12 @@ def test_parked_cars_in_a_no_parking_zone_become_events_once(walk):
     cfg = _config(root / "zone.toml", models, zone_rules)
     events = _replay(root, "zone", drive, cfg, detections=walk["detections"])
     assert len(events) >= 1
+    main_sha, obj_sha = file_sha256(models[0]), file_sha256(models[1])
+    header, _ = read_detection_log(walk["detections"])
+    assert header["sha256"] == main_sha and header["object_model"]["sha256"] == obj_sha
     for e in events:
         p = e["properties"]
+        assert p["model"]["sha256"] == obj_sha  # the model that saw the car, not the 13-category one
         lon, lat = e["geometry"]["coordinates"]
         assert p["category"] == "illegal_parking" and p["mode"] == "enforce"
         assert p["rule"]["rule"] == "stationary_in_no_parking_zone" and p["rule"]["zone_id"] == "car-park"
