@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import cv2
+import numpy as np
 import pytest
 
 from tests.drives import gopro_drive
@@ -62,6 +64,9 @@ def test_two_segments_have_continuous_indices(tmp_path):
         (lambda m: m.update(stills="stills"), r"stills: expected \{folder, start_utc\}"),
         (lambda m: m.update(stills={"start_utc": "2019-11-18T23:45:14Z"}), "stills.folder: expected"),
         (lambda m: m.update(stills={"folder": "s", "start_utc": "garbage"}), "stills.start_utc"),
+        (lambda m: m.update(stills={"folder": "s"}), "stills.start_utc: required when .* has no timestamps.csv"),
+        (lambda m: m.update(stills={"folder": "s", "start_utc": "2019-11-18T23:45:14Z", "interval_s": 0}),
+         r"stills.interval_s: not a number of seconds in \(0, 3600\] \(got 0\)"),
         (lambda m: m.update(time_offset_s="nan"), "time_offset_s: not a number of seconds"),
     ],
 )
@@ -73,6 +78,22 @@ def test_bad_manifests_name_the_field(tmp_path, mutate, message):
     with pytest.raises(DriveError, match=message) as exc:
         open_drive(root)
     assert "manifest.json" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_stills_are_spaced_by_the_manifest_or_the_replay_config(tmp_path):
+    root = tmp_path / "stills-drive"
+    (root / "stills").mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(root / "stills" / f"{i:03d}.jpg"), np.full((48, 64, 3), 40 * i, np.uint8))
+    (root / "gps.nmea").write_text("")
+    m = {"format": "patrol-drive", "version": 1, "gps": "gps.nmea",
+         "stills": {"folder": "stills", "start_utc": "2019-11-18T23:45:14Z"}}
+    (root / "manifest.json").write_text(json.dumps(m))
+    t0 = 1574120714.0
+    assert [f.time_utc - t0 for f in open_drive(root).frames(stills_interval_s=0.5)] == [0.0, 0.5, 1.0]
+    m["stills"]["interval_s"] = 2.5  # the drive's own spacing wins over the config's
+    (root / "manifest.json").write_text(json.dumps(m))
+    assert [f.time_utc - t0 for f in open_drive(root).frames(stills_interval_s=0.5)] == [0.0, 2.5, 5.0]
 
 
 def test_bytes_that_are_not_utf8_are_named(tmp_path):

@@ -18,6 +18,9 @@ DRIVE/
 ``start_utc`` is the UTC time of the segment's first frame; a frame's time is that plus its presentation time,
 unless the segment names a ``frame_times`` CSV (``frame,utc`` per frame, as `patrol record` writes): live
 cameras do not deliver frames at an exact rate, so recorded drives keep each frame's own capture time.
+A drive of stills names ``"stills": {"folder": "stills", "start_utc": ..., "interval_s": 1.0}``: times come from the
+folder's ``timestamps.csv`` (``file,utc``) when it has one, else from ``start_utc`` (then required) and
+``interval_s`` (default: the replay config's ``camera.stills_interval_s``).
 """
 
 from __future__ import annotations
@@ -61,15 +64,19 @@ class Drive:
     detections_file: Path | None
     time_offset_s: float
     source: str
+    stills_interval_s: float | None = None  # None: the replay config's camera.stills_interval_s
 
-    def frames(self, counters: SourceCounters | None = None) -> Iterator[Frame]:
+    def frames(self, counters: SourceCounters | None = None, stills_interval_s: float = 1.0) -> Iterator[Frame]:
         """Every frame of the drive, in order, with continuous indices across segments.
 
-        ``counters`` (optional) accumulates decoded and undecodable frames over all segments.
+        ``counters`` (optional) accumulates decoded and undecodable frames over all segments;
+        ``stills_interval_s`` spaces stills without timestamps when the manifest gives no ``interval_s``.
         """
         next_index = 0
         if self.stills is not None:
-            yield from StillsSource(self.stills, self.stills_start_utc + self.time_offset_s, counters=counters)
+            interval = self.stills_interval_s if self.stills_interval_s is not None else stills_interval_s
+            yield from StillsSource(self.stills, self.stills_start_utc + self.time_offset_s, interval,
+                                    counters=counters)
             return
         for seg in self.segments:
             times = None if seg.frame_times_utc is None else [t + self.time_offset_s for t in seg.frame_times_utc]
@@ -161,11 +168,21 @@ def open_drive(path: str | Path) -> Drive:
         segments.append(VideoSegment(f, start, times))
     stills = None
     stills_start = 0.0
+    stills_interval = None
     if m.get("stills"):
-        if not isinstance(m["stills"], dict):
+        st = m["stills"]
+        if not isinstance(st, dict):
             raise DriveError(f"{mpath}: stills: expected {{folder, start_utc}}")
-        stills = root / text(m["stills"].get("folder"), "stills.folder")
-        stills_start = utc(m["stills"].get("start_utc", "1970-01-01T00:00:00Z"), "stills.start_utc")
+        stills = root / text(st.get("folder"), "stills.folder")
+        if st.get("start_utc") is not None:
+            stills_start = utc(st["start_utc"], "stills.start_utc")
+        elif not (stills / "timestamps.csv").is_file():  # never silently 1970: the GPS log would not match
+            raise DriveError(f"{mpath}: stills.start_utc: required when {stills} has no timestamps.csv")
+        if st.get("interval_s") is not None:
+            v = st["interval_s"]
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 3600:
+                raise DriveError(f"{mpath}: stills.interval_s: not a number of seconds in (0, 3600] (got {v!r})")
+            stills_interval = float(v)
     detections = root / "detections.jsonl"
     try:
         offset = float(m.get("time_offset_s", 0.0))
@@ -184,6 +201,7 @@ def open_drive(path: str | Path) -> Drive:
         detections_file=detections if detections.is_file() else None,
         time_offset_s=offset,
         source=str(m.get("source", "")),
+        stills_interval_s=stills_interval,
     )
 
 
