@@ -5,7 +5,10 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -100,3 +103,25 @@ def test_pt_and_onnx_agree_on_validation_images() -> None:
     n_boxes, problems = export.parity(WEIGHTS, MODEL, images, conf=0.02)
     assert n_boxes > 0  # an empty comparison would prove nothing
     assert problems == []
+
+
+@pytest.mark.slow
+def test_the_shipped_checkpoint_runs_as_a_detector_in_a_fresh_process(tmp_path: Path, meta: dict[str, str]) -> None:
+    """`detector.model_file = "models/patrol-detector.pt"` works from any folder (its backbone layer is pickled by
+    module path) and reports the categories of the ONNX exported from it, not all 13; a copy without that ONNX
+    beside it cannot tell and says so."""
+    if importlib.util.find_spec("ultralytics") is None:
+        pytest.skip("ultralytics not installed: the .pt backend needs it (pip install .[train])")
+    copy = tmp_path / "alone.pt"
+    copy.write_bytes(WEIGHTS.read_bytes())
+    code = ("import sys, json\nfrom vehicle.detector import load_detector\nimport numpy as np\n"
+            "out = {}\nfor f in sys.argv[1:]:\n    d = load_detector(f)\n"
+            "    out[f] = [d.covered, len(d.detect(np.zeros((480, 848, 3), np.uint8)).score)]\n"
+            "print(json.dumps(out))")
+    env = {**os.environ, "YOLO_OFFLINE": "1", "PYTHONPATH": ""}
+    r = subprocess.run([sys.executable, "-c", code, str(WEIGHTS), str(copy)], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out[str(WEIGHTS)][0] == json.loads(meta["trained_categories"])
+    assert out[str(copy)][0] is None and "cannot tell which categories" in r.stderr

@@ -275,6 +275,7 @@ class OnnxDetector:
         except (ValueError, TypeError, KeyError) as exc:
             raise ModelError(f"{self.model_file}: {exc}") from None
         self.keep_aspect = meta.get("preprocess", "letterbox") != "resize"
+        self.source_weights_sha256 = meta.get("source_weights_sha256")  # the .pt it was exported from
         # Classes the model was actually trained on (our export writes it); the rest exist but never fire.
         covered = meta.get("trained_categories") or meta.get("covered")
         self.covered: list[str] | None = _parse_names(covered, 0) if covered else None
@@ -334,17 +335,37 @@ class UltralyticsDetector:
             from ultralytics import YOLO
         except ImportError:
             raise ModelError(f"{self.model_file}: .pt models need ultralytics: pip install -e '.[train]'") from None
-        self.model = YOLO(str(self.model_file))
+        _import_training_modules()
+        try:
+            self.model = YOLO(str(self.model_file))
+        except ModuleNotFoundError as exc:  # a checkpoint pickles its layer classes by module path
+            raise ModelError(f"{self.model_file}: the checkpoint needs Python module {exc.name!r}, which is not "
+                             "importable here (a model trained by another project?)") from None
         names = self.model.names
         self.names = [str(names[k]) for k in sorted(names)] if isinstance(names, dict) else list(names)
         args = getattr(self.model, "overrides", {}) or {}
         size = imgsz or int(args.get("imgsz", 640) if not isinstance(args.get("imgsz"), list) else args["imgsz"][0])
         self.input_hw = (size, size)
         self.score_threshold, self.iou_threshold, self.max_detections = score_threshold, iou_threshold, max_detections
-        self.covered = None
         self.sha256 = file_sha256(self.model_file)
+        self.covered = self._trained_categories()
         self.name = self.model_file.stem
         self.providers = ["ultralytics"]
+
+    def _trained_categories(self) -> list[str] | None:
+        """What the checkpoint was trained on: from the ONNX exported from it (same folder and name, its metadata
+        naming this file's SHA-256); None (every class) with a warning when there is no such export."""
+        onnx_file = self.model_file.with_suffix(".onnx")
+        if onnx_file.is_file():
+            try:
+                exported = OnnxDetector(onnx_file, providers=["cpu"])
+            except ModelError:
+                exported = None
+            if exported is not None and exported.source_weights_sha256 == self.sha256:
+                return exported.covered
+        log.warning("%s: no ONNX export of these weights beside it: cannot tell which categories it was trained "
+                    "on; counting all %d classes as covered", self.model_file, len(self.names))
+        return None
 
     def detect(self, image_bgr: np.ndarray) -> Detections:
         """Boxes in one BGR frame, in that frame's pixels."""
@@ -353,6 +374,20 @@ class UltralyticsDetector:
         b = r.boxes
         return Detections(b.xyxy.cpu().numpy().astype(np.float32), b.conf.cpu().numpy().astype(np.float32),
                           b.cls.cpu().numpy().astype(np.int32))
+
+
+def _import_training_modules() -> None:
+    """Register our own layer classes with torch's unpickler: the shipped checkpoint's pretrained backbone
+    (`scripts.pretrained_backbone.DarknetLayers`) is stored by that module path, importable from the repo root."""
+    import sys
+
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.append(root)
+    try:
+        import scripts.pretrained_backbone  # noqa: F401
+    except ImportError:  # not a checkout (an installed wheel): checkpoints using it fail with a clear ModelError
+        pass
 
 
 def load_detector(model_file: str | Path, **kwargs) -> OnnxDetector | UltralyticsDetector:
