@@ -313,3 +313,30 @@ def test_cached_detections_of_another_camera_are_refused(tmp_path: Path, filled_
 
 def test_missing_drive_folder_is_one_line(tmp_path: Path) -> None:
     assert_one_error_line(patrol("replay", str(tmp_path / "no-drive")), 1, "no-drive")
+
+
+@pytest.mark.parametrize("args", [
+    ("calibrate", "intrinsics", "--images", ".", "--board", "9x6", "--square-mm", "0", "--out", "x.toml"),
+    ("calibrate", "intrinsics", "--images", ".", "--board", "9x6", "--square-mm", "nan", "--out", "x.toml"),
+    ("calibrate", "intrinsics", "--images", ".", "--board", "9x6", "--square-mm", "-25", "--out", "x.toml"),
+    ("calibrate", "mount", "--calibration", "c.toml", "--height-m", "inf", "--pitch-deg", "10"),
+    ("eval", "events", "d", "--truth", "t.geojson", "--out", "o", "--match-radius-m", "-5"),
+    ("eval", "events", "d", "--truth", "t.geojson", "--out", "o", "--near-m", "inf"),
+    ("eval", "detections", "--images", ".", "--out", "o", "--conf", "nan"),
+], ids=["square 0", "square nan", "square negative", "height inf", "radius negative", "near inf", "conf nan"])
+def test_a_number_out_of_range_is_a_usage_error_naming_the_option(tmp_path: Path, args: tuple[str, ...]) -> None:
+    res = subprocess.run([sys.executable, "-m", "vehicle.cli", *args], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=60)
+    option = next(a for a, b in zip(args, args[1:], strict=False) if b in ("0", "nan", "-25", "inf", "-5"))
+    assert res.returncode == 2, res.stderr
+    assert f"argument {option}: invalid number in" in res.stderr and "Traceback" not in res.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_eval_ab_needs_both_events_files_or_neither(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "vehicle.cli", "eval", "ab", str(tmp_path), "--truth", "t.geojson",
+                          "--out", str(tmp_path / "o"), "--a-events", "a.jsonl"], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.strip() == "patrol eval ab: error: --a-events and --b-events go together (give both or neither)"
+    assert not (tmp_path / "o").exists()

@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from vehicle.arguments import number
 from vehicle.geometry import (
     CAMERA_TO_BODY_FRD,
     CalibrationError,
@@ -398,34 +399,37 @@ def check_picture(calibration_path: str | Path, frame_path: str | Path, out_path
 
 def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `calibrate intrinsics|mount|check`; each leaf sets `func(args) -> exit code`."""
+    degrees = number(-180, 180, unit="deg")
     cal = subparsers.add_parser("calibrate", help="camera calibration: intrinsics, mount, check picture")
     sub = cal.add_subparsers(dest="calibrate_command", required=True)
     p = sub.add_parser("intrinsics", help="focal length, principal point, distortion from chessboard photos")
     p.add_argument("--images", required=True, type=Path, help="folder of chessboard photos")
     p.add_argument("--board", required=True, help="inner corners COLSxROWS, e.g. 9x6")
-    p.add_argument("--square-mm", required=True, type=float, help="side of one square in millimetres")
+    p.add_argument("--square-mm", required=True, type=number(0, 10_000, low_open=True, unit="mm"),
+                   help="side of one square in millimetres")
     p.add_argument("--out", required=True, type=Path, help="calibration TOML to write (an existing mount is kept)")
     p.set_defaults(func=_cmd_intrinsics)
     p = sub.add_parser("mount", help="height, pitch, roll, yaw from measurements or ground points")
     p.add_argument("--calibration", required=True, type=Path, help="calibration TOML (updated in place)")
     p.add_argument("--out", type=Path, help="write here instead of updating --calibration")
-    p.add_argument("--height-m", type=float, help="optical centre above the ground")
-    p.add_argument("--pitch-deg", type=float, help="+ = looks down")
-    p.add_argument("--roll-deg", type=float, default=0.0, help="+ = clockwise seen from behind the camera")
-    p.add_argument("--yaw-deg", type=float, default=0.0, help="+ = turned right of the car's forward axis")
-    p.add_argument("--lever-arm-m", type=float, nargs=3, metavar=("FWD", "RIGHT", "UP"),
+    p.add_argument("--height-m", type=number(0, 20, low_open=True, unit="m"), help="optical centre above the ground")
+    p.add_argument("--pitch-deg", type=number(-90, 90, unit="deg"), help="+ = looks down")
+    p.add_argument("--roll-deg", type=degrees, default=0.0, help="+ = clockwise seen from behind the camera")
+    p.add_argument("--yaw-deg", type=degrees, default=0.0, help="+ = turned right of the car's forward axis")
+    p.add_argument("--lever-arm-m", type=number(-20, 20, unit="m"), nargs=3, metavar=("FWD", "RIGHT", "UP"),
                    help="camera position relative to the GPS antenna")
     p.add_argument("--points", type=Path, help="CSV u_px,v_px,forward_m,right_m (>= 4 ground points, "
                                                 "positions relative to the GPS antenna)")
     p.add_argument("--lanes", type=Path, help="CSV line,u_px,v_px (line = left|right): points along both lines "
                                                "of a straight flat lane the car drives parallel to")
-    p.add_argument("--lane-width-m", type=float, default=3.66, help="with --lanes: line-centre to line-centre")
+    p.add_argument("--lane-width-m", type=number(0, 50, low_open=True, unit="m"), default=3.66,
+                   help="with --lanes: line-centre to line-centre")
     p.set_defaults(func=_cmd_mount)
     p = sub.add_parser("check", help="draw a ground grid and the horizon onto a frame")
     p.add_argument("--calibration", required=True, type=Path)
     p.add_argument("--frame", required=True, type=Path, help="a frame from this camera")
     p.add_argument("--out", type=Path, help="PNG to write (default: <calibration>-check.png)")
-    p.add_argument("--max-range-m", type=float, default=30.0)
+    p.add_argument("--max-range-m", type=number(0, 1000, low_open=True, unit="m"), default=30.0)
     p.set_defaults(func=_cmd_check)
     return cal
 

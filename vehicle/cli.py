@@ -12,25 +12,14 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from vehicle.arguments import seconds
+
 os.environ.setdefault("YOLO_OFFLINE", "1")  # never let ultralytics (training extras) reach for the network
 # FFmpeg's own stderr chatter would break the one-line error contract; decode problems are counted instead.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 EXIT_INPUT = 1
 EXIT_CONFIG = 2
-
-
-def _seconds(minimum: float):
-    """An argparse type: a finite number of seconds, at least ``minimum``."""
-
-    def parse(text: str) -> float:
-        value = float(text)
-        if not minimum <= value < 1e9:  # also refuses nan and inf
-            raise ValueError(text)
-        return value
-
-    parse.__name__ = f"seconds (>= {minimum:g})"
-    return parse
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -86,15 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--detections", metavar="F.jsonl", help="replay cached detections instead of running the model")
     p.add_argument("--state", metavar="DIR", help="dedup index + outbox folder to reuse (default: a fresh one)")
     p.add_argument("--no-mqtt", action="store_true", help="do not connect to a broker")
-    p.add_argument("--flush-timeout-s", type=_seconds(0.0), default=30.0,
+    p.add_argument("--flush-timeout-s", type=seconds(0.0), default=30.0,
                    help="wait this long for the broker at the end")
     p.set_defaults(func=_replay)
 
     p = sub.add_parser("record", help="record a drive folder from the live camera and gpsd")
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True, help="drive folder to create")
-    p.add_argument("--duration-s", type=_seconds(0.0), default=0.0, help="stop after this long (0: until Ctrl-C)")
-    p.add_argument("--segment-s", type=_seconds(1.0), default=300.0, help="start a new video file this often")
+    p.add_argument("--duration-s", type=seconds(0.0), default=0.0, help="stop after this long (0: until Ctrl-C)")
+    p.add_argument("--segment-s", type=seconds(1.0), default=300.0, help="start a new video file this often")
     p.set_defaults(func=_record)
 
     p = sub.add_parser("check-config", help="validate a configuration file and the files it names")

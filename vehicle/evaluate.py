@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vehicle.arguments import number
 from vehicle.metrics import (
     EventMatch,
     EventScores,
@@ -415,7 +416,10 @@ def _cmd_ab(args: argparse.Namespace) -> int:
     out = Path(args.out)
     runs = [(args.a_label, _opt_path(args.a_config), _opt_path(args.a_detections)),
             (args.b_label, _opt_path(args.b_config), _opt_path(args.b_detections))]
-    events = [Path(args.a_events), Path(args.b_events)] if args.a_events and args.b_events else None
+    if bool(args.a_events) != bool(args.b_events):  # scoring one file against a replay would compare unlike runs
+        print("patrol eval ab: error: --a-events and --b-events go together (give both or neither)", file=sys.stderr)
+        return 2
+    events = [Path(args.a_events), Path(args.b_events)] if args.a_events else None
     doc = eval_events(Path(args.drive_dir), Path(args.truth), out, runs, events, args.match_radius_m, args.near_m,
                       not args.no_progress)
     _print_summary(doc, out)
@@ -467,12 +471,14 @@ def add_eval_parser(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate a model or config: events vs truth, A/B, detection mAP")
     sub = p.add_subparsers(dest="eval_mode", required=True)
 
+    metres = number(0, 10_000, low_open=True, unit="m")
+
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("drive_dir", help="drive folder (its GPS log is the driven track)")
         q.add_argument("--truth", required=True, help="GeoJSON FeatureCollection of real objects (category)")
         q.add_argument("--out", required=True, help="report folder")
-        q.add_argument("--match-radius-m", type=float, default=DEFAULT_MATCH_RADIUS_M)
-        q.add_argument("--near-m", type=float, default=DEFAULT_NEAR_M, help="'near the camera' distance")
+        q.add_argument("--match-radius-m", type=metres, default=DEFAULT_MATCH_RADIUS_M)
+        q.add_argument("--near-m", type=metres, default=DEFAULT_NEAR_M, help="'near the camera' distance")
         q.add_argument("--no-progress", action="store_true")
 
     q = sub.add_parser("events", help="replay a drive and score its events against ground truth")
@@ -500,8 +506,8 @@ def add_eval_parser(subparsers) -> None:
     q.add_argument("--names", help="class names by id, comma-separated")
     q.add_argument("--data", help="ultralytics data.yaml to take class names from")
     q.add_argument("--max-dets", type=int, default=100)
-    q.add_argument("--conf", type=float, default=0.25, help="confusion matrix score threshold")
-    q.add_argument("--iou", type=float, default=0.5, help="confusion matrix IoU threshold")
+    q.add_argument("--conf", type=number(0, 1), default=0.25, help="confusion matrix score threshold")
+    q.add_argument("--iou", type=number(0, 1, low_open=True), default=0.5, help="confusion matrix IoU threshold")
     q.add_argument("--out", required=True, help="report folder")
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=_cmd_detections)
