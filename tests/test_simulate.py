@@ -132,13 +132,14 @@ def test_noise_knobs_misses_false_boxes_and_stops(tmp_path: Path):
     assert sim["settings"]["miss_prob"] == 0.5 and sim["frames"] == res.frames
 
 
-def test_bad_settings_name_the_field():
+def test_bad_settings_name_the_field(tmp_path: Path):
     with pytest.raises(SimulationError, match="miss_prob"):
         SimSettings(miss_prob=1.5)
     with pytest.raises(SimulationError, match="lateral_m"):
         SimSettings(lateral_m=(5.0, 2.0))
     with pytest.raises(SimulationError, match="cannot place"):
-        simulate_drive(_l_route(), _calib(), replace(SETTINGS, objects=500, min_spacing_m=200.0), "/nonexistent/x")
+        simulate_drive(_l_route(), _calib(), replace(SETTINGS, objects=500, min_spacing_m=200.0), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
 
 
 def test_real_route_loads_and_a_long_drive_is_quick(tmp_path: Path):

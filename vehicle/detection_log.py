@@ -165,7 +165,15 @@ def _frame(d: dict, known: frozenset[str] | None) -> FrameDetections:
         xyxy = tuple(_finite(v, "xyxy") for v in b["xyxy"])
         if len(xyxy) != 4:
             raise ValueError("xyxy needs 4 numbers")
+        x1, y1, x2, y2 = xyxy
+        if x2 < x1 or y2 < y1:
+            raise ValueError(f"xyxy {list(xyxy)} is inverted (x2 < x1 or y2 < y1)")
+        slack = 0.5  # pixels: rounding in whoever wrote the file
+        if x1 < -slack or y1 < -slack or x2 > w + slack or y2 > h + slack:
+            raise ValueError(f"xyxy {list(xyxy)} reaches outside the {w}x{h} image")
         score = _finite(b["score"], "score")
+        if not 0.0 <= score <= 1.0:
+            raise ValueError(f"score must be within [0, 1], got {b['score']!r}")
         cls = b.get("object_class")
         boxes.append(CategoryBox(category, score, xyxy, None if cls is None else str(cls)))  # type: ignore[arg-type]
     return FrameDetections(frame, _finite(d["time_utc"], "time_utc"), (w, h), tuple(boxes))

@@ -446,7 +446,6 @@ def simulate_drive(route: Route, calib: CameraCalibration, settings: SimSettings
         raise SimulationError(f"categories: bad names {unknown}")
     rng = np.random.default_rng(s.seed)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if s.length_km is not None and s.length_km * 1000.0 < route.length_m:
         keep = round(s.length_km * 1000.0 / ROUTE_STEP_M) + 1  # objects only beside the part driven
         route = Route(route.lat0_deg, route.lon0_deg, route.east_m[:keep], route.north_m[:keep], route.source)
@@ -483,6 +482,7 @@ def simulate_drive(route: Route, calib: CameraCalibration, settings: SimSettings
     stopped = speed < 0.3
     course[stopped] = rng.uniform(0.0, 360.0, int(stopped.sum()))  # a receiver's course at a standstill is noise
     speed_logged = np.maximum(speed + rng.normal(0.0, 0.05, t_fix.size), 0.0)
+    out.mkdir(parents=True, exist_ok=True)  # only now: settings that cannot be simulated leave no folder behind
     write_nmea(out / "gps.nmea", s.start_utc + t_fix, np.atleast_1d(lat), np.atleast_1d(lon), speed_logged, course)
 
     calib.save(out / "calibration.toml")
