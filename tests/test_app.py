@@ -32,6 +32,10 @@ def test_unwritable_outputs_are_named(tmp_path):
     cfg = _no_mqtt(tmp_path)
     with pytest.raises(OutputError, match=r"x\.jsonl: cannot write events"):
         replay(ReplayOptions(drive, cfg, out=str(tmp_path / "missing" / "x.jsonl"), state_dir=tmp_path / "s"))
+    assert not (tmp_path / "s").exists()  # a failed start leaves no state folder behind
+    with pytest.raises(OutputError, match=r"x\.jsonl: cannot write events"):
+        replay(ReplayOptions(drive, cfg, out=str(tmp_path / "missing" / "x.jsonl")))
+    assert list((tmp_path / "data").iterdir()) == []  # nor a fresh replay-* one
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     with pytest.raises(OutputError, match="cannot create the state folder"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -91,6 +92,11 @@ def test_check_config_names_a_missing_model_file(tmp_path: Path) -> None:
     ('[camera]\nsource = "/dev/video0"\n[mqtt]\nusername = "car"\npassword = "${PATROL_TEST_UNSET_VAR}"\n',
      "mqtt.password"),
     ('[camera]\nsource = "/dev/video0"\n[mqtt.tls]\nenabled = true\nca_file = "nope.pem"\n', "mqtt.tls.ca_file"),
+    ('[camera]\nsource = "/dev/video0"\n[mqtt.tls]\nenabled = true\ncert_file = "patrol.toml"\n',
+     "mqtt.tls.cert_file: patrol.toml with key (in the same file): not a usable client certificate"),
+    ('[camera]\nsource = "/dev/video0"\n[mqtt.tls]\nenabled = true\nkey_file = "patrol.toml"\n',
+     "mqtt.tls.cert_file: required with mqtt.tls.key_file"),
+    ('[camera]\nsource = "/dev/video0"\n[mqtt]\nhost = ""\n', "mqtt.host"),
 ])
 def test_check_config_catches_what_run_would_reject(tmp_path: Path, toml: str, key: str) -> None:
     if not (REPO_ROOT / "models" / "patrol-detector.onnx").is_file():
@@ -327,7 +333,7 @@ def test_missing_drive_folder_is_one_line(tmp_path: Path) -> None:
 def test_a_number_out_of_range_is_a_usage_error_naming_the_option(tmp_path: Path, args: tuple[str, ...]) -> None:
     res = subprocess.run([sys.executable, "-m", "vehicle.cli", *args], capture_output=True, text=True, cwd=tmp_path,
                          timeout=60)
-    option = next(a for a, b in zip(args, args[1:], strict=False) if b in ("0", "nan", "-25", "inf", "-5"))
+    option = next(a for a, b in itertools.pairwise(args) if b in ("0", "nan", "-25", "inf", "-5"))
     assert res.returncode == 2, res.stderr
     assert f"argument {option}: invalid number in" in res.stderr and "Traceback" not in res.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written
@@ -340,3 +346,22 @@ def test_eval_ab_needs_both_events_files_or_neither(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert res.stderr.strip() == "patrol eval ab: error: --a-events and --b-events go together (give both or neither)"
     assert not (tmp_path / "o").exists()
+
+
+def test_check_config_accepts_a_client_certificate_only_with_its_own_key(tmp_path: Path) -> None:
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not installed (scripts/setup.sh installs it)")
+    if not (REPO_ROOT / "models" / "patrol-detector.onnx").is_file():
+        pytest.skip("the shipped model is missing")
+    for name in ("a", "b"):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                        f"/CN=car-{name}", "-keyout", str(tmp_path / f"{name}.key"),
+                        "-out", str(tmp_path / f"{name}.crt")],
+                       check=True, capture_output=True, timeout=60)
+    cfg = tmp_path / "patrol.toml"
+    base = f'data_dir = "{tmp_path / "data"}"\n[camera]\nsource = "/dev/video0"\n[mqtt.tls]\nenabled = true\n'
+    cfg.write_text(base + 'cert_file = "a.crt"\nkey_file = "a.key"\n')
+    ok = patrol("check-config", str(cfg))
+    assert ok.returncode == 0, ok.stderr
+    cfg.write_text(base + 'cert_file = "a.crt"\nkey_file = "b.key"\n')  # another car's key
+    assert_one_error_line(patrol("check-config", str(cfg)), 2, "mqtt.tls.cert_file: a.crt with key b.key")

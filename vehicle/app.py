@@ -11,6 +11,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
 import ssl
 import sys
@@ -295,8 +296,12 @@ def replay(opts: ReplayOptions) -> RunCounters:
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
         # only now, with everything checked: a failed start leaves no folder behind
+        created = opts.state_dir is None or not opts.state_dir.exists()
         state_dir = opts.state_dir or _fresh_state_dir(
             data_dir, f"replay-{drive.root.name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+        started = threading.Event()
+        if created:  # registered first, so it runs last: after the lock and the databases are closed
+            stack.callback(lambda: started.is_set() or shutil.rmtree(state_dir, ignore_errors=True))
         source_counters = SourceCounters()
         frames = drive.frames(source_counters, cfg.camera.stills_interval_s) if (drive.segments or drive.stills) \
             else None
@@ -349,6 +354,7 @@ def replay(opts: ReplayOptions) -> RunCounters:
         pipeline = Pipeline(parts)
         reporter.pipeline = pipeline
         caught = _stop_on_signals(parts.stop)
+        started.set()  # from here on the state folder holds this replay's work: kept whatever happens
         counters = pipeline.run()
         counters.interrupted_by = caught[0] if caught else None
         if publisher is not None:
@@ -529,6 +535,18 @@ def validate_service_config(cfg: Config, base: Path, config_file: Path) -> Taxon
                 ssl.create_default_context(cafile=str(resolve_path(cfg.mqtt.tls.ca_file, base)))
             except (ssl.SSLError, OSError) as exc:
                 raise ConfigError(f"{where}: mqtt.tls.ca_file: {cfg.mqtt.tls.ca_file}: not a usable CA bundle "
+                                  f"({exc})") from None
+        tls = cfg.mqtt.tls
+        if tls.enabled and tls.key_file and not tls.cert_file:
+            raise ConfigError(f"{where}: mqtt.tls.cert_file: required with mqtt.tls.key_file")
+        if tls.enabled and tls.cert_file:
+            cert = resolve_path(tls.cert_file, base)
+            key = resolve_path(tls.key_file, base) if tls.key_file else None
+            try:  # the pair the broker will see; a passphrase-protected key cannot be used unattended
+                ssl.create_default_context().load_cert_chain(cert, key, password=lambda: b"")
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigError(f"{where}: mqtt.tls.cert_file: {tls.cert_file} with key "
+                                  f"{tls.key_file or '(in the same file)'}: not a usable client certificate and key "
                                   f"({exc})") from None
     _check_writable(where, "data_dir", resolve_path(cfg.data_dir, base), folder=True)
     if cfg.output.jsonl_file:
