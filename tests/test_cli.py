@@ -262,10 +262,12 @@ def test_a_replay_stopped_by_sigterm_says_so_and_resumes(tmp_path: Path, filled_
     while not (state / "state.sqlite").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(1.0)
+    signalled = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "INTERRUPTED by SIGTERM (resume with --state)" in err
+    assert time.monotonic() - signalled < 3.0  # no stage thread left waiting on an empty queue
     assert patrol(*args).returncode == 0
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     assert len(ids) == 13 and len(set(ids)) == 13  # the two runs together: every event once
@@ -365,3 +367,31 @@ def test_check_config_accepts_a_client_certificate_only_with_its_own_key(tmp_pat
     assert ok.returncode == 0, ok.stderr
     cfg.write_text(base + 'cert_file = "a.crt"\nkey_file = "b.key"\n')  # another car's key
     assert_one_error_line(patrol("check-config", str(cfg)), 2, "mqtt.tls.cert_file: a.crt with key b.key")
+
+
+def test_a_drive_of_detections_alone_replays_at_its_pace_and_stops_promptly(tmp_path: Path, filled_state) -> None:
+    """--realtime paces cached detections when the drive has no video (a 10.5 s walk takes about 10 s), and a
+    SIGTERM ends it within a fraction of a second, not after a thread's join timeout."""
+    drive, cfg, detections, _ = filled_state
+    bare = tmp_path / "bare-drive"
+    shutil.copytree(drive, bare)
+    m = json.loads((bare / "manifest.json").read_text())
+    m["video"] = []
+    (bare / "manifest.json").write_text(json.dumps(m))
+    shutil.rmtree(bare / "video")
+    state = tmp_path / "state"
+    env = dict(os.environ, YOLO_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "vehicle.cli", "replay", str(bare), "--config", str(cfg),
+                             "--state", str(state), "--detections", str(detections), "--realtime"], env=env,
+                            cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (state / "state.sqlite").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(3.0)  # unpaced, the 315 cached frames would be done long before this
+    assert proc.poll() is None, "the replay ended early: --realtime did not pace the cached detections"
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    took = time.monotonic() - signalled
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert took < 3.0, f"SIGTERM took {took:.1f} s"  # systemd's stop: the old shutdown waited out a 5 s join

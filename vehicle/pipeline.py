@@ -177,18 +177,35 @@ class _Worker(threading.Thread):
             self._put(_END)
 
 
-def _paced(frames: Iterable[Frame], realtime: bool, resume_after_utc: float | None = None) -> Iterator[Frame]:
+class _Pace:
+    """Holds a replay back to the pace it was recorded at; a stop request ends the wait at once."""
+
+    def __init__(self, stop: threading.Event):
+        self.stop = stop
+        self.t0_utc: float | None = None
+        self.t0_mono = 0.0
+
+    def wait(self, time_utc: float) -> None:
+        """Return when the item recorded at ``time_utc`` is due (or ``stop`` is set)."""
+        if self.t0_utc is None:
+            self.t0_utc, self.t0_mono = time_utc, time.monotonic()
+            return
+        delay = (time_utc - self.t0_utc) - (time.monotonic() - self.t0_mono)
+        if delay > 0:
+            self.stop.wait(delay)
+
+
+def _paced(frames: Iterable[Frame], realtime: bool, resume_after_utc: float | None = None,
+           stop: threading.Event | None = None) -> Iterator[Frame]:
     """Frames, at the pace they were recorded when ``realtime`` is set, skipping those already committed."""
-    t0_frame = t0_wall = None
+    pace = _Pace(stop or threading.Event()) if realtime else None
     for frame in frames:
         if resume_after_utc is not None and frame.time_utc <= resume_after_utc:
             continue
-        if realtime:
-            if t0_frame is None:
-                t0_frame, t0_wall = frame.time_utc, time.monotonic()
-            delay = (frame.time_utc - t0_frame) - (time.monotonic() - t0_wall)
-            if delay > 0:
-                time.sleep(delay)
+        if pace is not None:
+            pace.wait(frame.time_utc)
+        if stop is not None and stop.is_set():
+            return
         yield frame
 
 
@@ -213,13 +230,18 @@ class Pipeline:
         if p.cached is not None:
             # Cached detections drive the run; video frames (when the drive has them) are matched by index.
             video_done = p.frames is None
+            pace = _Pace(p.stop) if p.realtime and video_done else None  # with video, the frames set the pace
             pending = None
             for fd in p.cached:
                 if p.resume_after_utc is not None and fd.time_utc <= p.resume_after_utc:
                     continue
+                if pace is not None:
+                    pace.wait(fd.time_utc)
+                if p.stop.is_set():
+                    return
                 frame = None
                 while not video_done:
-                    item, pending = (pending if pending is not None else frames_q.get()), None
+                    item, pending = (pending if pending is not None else self._next_frame(frames_q)), None
                     if item is _END:
                         video_done = True
                     elif item.index == fd.frame_index:
@@ -241,13 +263,23 @@ class Pipeline:
                 yield frame, fd
             return
         while True:
-            item = frames_q.get()
+            item = self._next_frame(frames_q)
             if item is _END:
                 return
             t0 = time.perf_counter()
             fd = p.detect(item)
             self.counters.inference_s += time.perf_counter() - t0
             yield item, fd
+
+    def _next_frame(self, frames_q: queue.Queue):
+        """The next captured frame, or `_END` once the source ends or a stop is requested (a stopped capture
+        thread may never send its end marker: a plain ``get()`` would hang the shutdown)."""
+        while True:
+            try:
+                return frames_q.get(timeout=0.2)
+            except queue.Empty:
+                if self.p.stop.is_set():
+                    return _END
 
     def _calibration_for(self, size_wh: tuple[int, int]) -> CameraCalibration:
         calib = self._calib_by_size.get(size_wh)
@@ -408,7 +440,7 @@ class Pipeline:
         results_q: queue.Queue = queue.Queue(maxsize=p.result_queue_size)
         workers = []
         if p.frames is not None:
-            frames = lambda: _paced(p.frames, p.realtime, p.resume_after_utc)  # noqa: E731
+            frames = lambda: _paced(p.frames, p.realtime, p.resume_after_utc, p.stop)  # noqa: E731
             workers.append(_Worker("capture", frames, frames_q, p.stop))
         workers.append(_Worker("inference", lambda: self._detect_stream(frames_q), results_q, p.stop))
         for w in workers:
