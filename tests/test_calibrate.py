@@ -176,6 +176,17 @@ def test_mount_solve_needs_four_points():
         mount_from_points(_mounted(), np.zeros((3, 2)), np.ones(3), np.ones(3))
 
 
+def test_mount_solve_refuses_points_on_one_line():
+    truth = _mounted()
+    f, r = np.array([6.0, 10.0, 14.0, 18.0]), np.zeros(4)  # one row straight ahead
+    uv, _ = vehicle_to_pixels(truth, f, r)
+    with pytest.raises(CalibrationError, match="ground positions lie on one line"):
+        mount_from_points(truth, uv, f, r)
+    uv_good, _ = vehicle_to_pixels(truth, GROUND_POINTS_M[:4, 0], GROUND_POINTS_M[:4, 1])
+    with pytest.raises(CalibrationError, match="pixels lie on one line"):  # four clicks on one spot
+        mount_from_points(truth, np.repeat(uv_good[:1], 4, axis=0), GROUND_POINTS_M[:4, 0], GROUND_POINTS_M[:4, 1])
+
+
 def test_mount_from_lane_lines_recovers_pitch_yaw_height():
     truth = _mounted(height_m=1.24, pitch_deg=-1.5, roll_deg=0.0, yaw_deg=1.6, lever_arm_m=(0.0, 0.0, 0.0))
     fwd = np.linspace(7.0, 40.0, 8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import cv2
@@ -35,6 +36,23 @@ def test_frame_times_csv_overrides_presentation_time(tmp_path):
     frames = list(open_drive(root).frames())
     assert [f.time_utc for f in frames[:5]] == pytest.approx(times[:5], abs=1e-3)  # CSV keeps milliseconds
     assert frames[200].time_utc == pytest.approx(times[200], abs=1e-3)
+
+
+def test_frame_times_that_end_early_go_on_at_the_frame_rate(tmp_path, caplog):
+    """A recording cut off mid-segment can leave more frames in the video than lines in its CSV."""
+    root = gopro_drive(tmp_path)
+    times = [1_600_000_000.0 + 0.05 * i for i in range(100)]  # 20 fps in the CSV, only the first 100 frames
+    (root / "video" / "000000.csv").write_text(
+        "frame,utc\n" + "".join(f"{i},{utc_iso(t)}\n" for i, t in enumerate(times)))
+    write_manifest(root, [{"file": "video/000000.mp4", "start_utc": utc_iso(times[0]),
+                           "frame_times": "video/000000.csv"}], "gps.nmea", "calibration.toml")
+    frames = list(open_drive(root).frames())
+    assert len(frames) == 315
+    t = [f.time_utc for f in frames]
+    assert all(b > a for a, b in itertools.pairwise(t))  # still in time order: the replay accepts it
+    assert t[99] == pytest.approx(times[99], abs=1e-3)
+    assert t[100] - t[99] == pytest.approx(1001 / 30000, rel=1e-3)  # the video's own rate (29.97 fps)
+    assert "frame times end at frame 100" in caplog.text
 
 
 def test_two_segments_have_continuous_indices(tmp_path):

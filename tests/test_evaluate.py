@@ -162,6 +162,17 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path, sim_drive: Path, capsys)
          "properties": {"category": "bin"}}]}))
     with pytest.raises(EvalError, match=r"features\[1\].*Point"):
         load_truth(bad)
+    for feature, why in ((None, "not a Feature with a geometry object"), ({"geometry": None}, "not a Feature"),
+                         ({"geometry": {"type": "Point", "coordinates": [1, 2]}, "properties": "bin"},
+                          "properties must be an object")):
+        bad.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+        with pytest.raises(EvalError, match=rf"t\.geojson: features\[0\]: {why}"):
+            load_truth(bad)
+    bad.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [11.5, 48.1]},
+         "properties": {"category": "bin"}},
+        {"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[0, 0], [1, 1]]},
+         "properties": {"category": "bin"}}]}))
     rc = main(["eval", "events", str(sim_drive), "--truth", str(bad), "--out", str(tmp_path / "o"), "--no-progress"])
     assert rc == 1
     err = capsys.readouterr().err.strip().splitlines()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from vehicle.config import REPO_ROOT
 from vehicle.geometry import (
     CalibrationError,
     CameraCalibration,
@@ -312,3 +314,13 @@ def test_distorted_horizon_end_points_are_horizontal_rays():
     off = pixels_to_vehicle(calib, uv, 0.0, 1e6)
     assert off.ok.tolist() == [False, True, False, True]
     assert off.range_m[1] > 150 and off.range_m[3] > 150  # just below the horizon is far away
+
+
+def test_a_stream_of_another_shape_names_the_calibration_file(tmp_path: Path) -> None:
+    path = tmp_path / "cam.toml"
+    CameraCalibration.load(REPO_ROOT / "calibration" / "default-roof-1080p.toml").save(path)
+    calib = CameraCalibration.load(path)
+    assert calib.file == str(path)
+    with pytest.raises(CalibrationError, match=rf"^{re.escape(str(path))}: image_size_wh: calibrated for 1920x1080"):
+        calib.for_image_size(640, 640)
+    assert calib.for_image_size(960, 540).file == str(path)  # resized copies keep it

@@ -248,10 +248,19 @@ def mount_from_points(calib: CameraCalibration, uv_px: np.ndarray, forward_m: np
     f, r = np.asarray(forward_m, dtype=np.float64).ravel(), np.asarray(right_m, dtype=np.float64).ravel()
     if uv.shape[0] < 4 or f.size != uv.shape[0] or r.size != uv.shape[0]:
         raise CalibrationError(f"--points: need at least 4 points with pixel and ground position, got {uv.shape[0]}")
+    if not (np.isfinite(uv).all() and np.isfinite(f).all() and np.isfinite(r).all()):
+        raise CalibrationError("--points: every pixel and ground position must be a finite number")
+    # A pose needs points that span an area, on the ground and in the image: on one line (or one spot) the
+    # solve "succeeds" with NaNs. The second singular value of the centred points is their spread across.
+    for what, pts, least in (("ground positions", np.column_stack([f, r]), 0.05), ("pixels", uv, 2.0)):
+        spread = np.linalg.svd(pts - pts.mean(axis=0), compute_uv=False)[1] / math.sqrt(len(pts))
+        if spread < least:
+            raise CalibrationError(f"--points: the {what} lie on one line (spread across it {spread:.3g}): "
+                                   "use points spread over the ground ahead, not one row")
     # world = forward/right/down on the ground under the antenna; ground points have down = 0 (planar)
     world = np.column_stack([f, r, np.zeros(f.size)])
     ok, rvec, tvec = cv2.solvePnP(world, uv, calib.camera_matrix, calib.dist_coeffs, flags=cv2.SOLVEPNP_IPPE)
-    if not ok:
+    if not ok or not (np.isfinite(rvec).all() and np.isfinite(tvec).all()):
         raise CalibrationError("--points: solvePnP found no pose (points collinear or mislabelled?)")
     rvec, tvec = cv2.solvePnPRefineLM(world, uv, calib.camera_matrix, calib.dist_coeffs, rvec, tvec)
     rot_world_to_cam, _ = cv2.Rodrigues(rvec)

@@ -69,13 +69,17 @@ def load_truth(path: str | Path) -> tuple[PointSet, list[dict]]:
     ids, cats, lat, lon = [], [], [], []
     for i, f in enumerate(doc["features"]):
         try:
+            if not isinstance(f, dict) or not isinstance(f.get("geometry"), dict):
+                raise ValueError("not a Feature with a geometry object")
             geom, props = f["geometry"], f.get("properties") or {}
-            if geom["type"] != "Point":
-                raise ValueError(f"geometry type {geom['type']!r}, expected Point")
+            if not isinstance(props, dict):
+                raise ValueError("properties must be an object")
+            if geom.get("type") != "Point":
+                raise ValueError(f"geometry type {geom.get('type')!r}, expected Point")
             x, y = (float(v) for v in geom["coordinates"][:2])
             if not (-180 <= x <= 180 and -90 <= y <= 90):
                 raise ValueError(f"coordinates {x}, {y} are not [lon, lat] degrees")
-            cat = props["category"]
+            cat = props.get("category")
             if not isinstance(cat, str) or not cat:
                 raise ValueError("properties.category must be a non-empty string")
         except (KeyError, TypeError, ValueError) as exc:

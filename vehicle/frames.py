@@ -116,8 +116,14 @@ class VideoFileSource:
                 if pos == 0:
                     t_video = 0.0
                 t_utc = self.start_utc + t_video
-                if self.frame_times_utc is not None and pos < len(self.frame_times_utc):
-                    t_utc = self.frame_times_utc[pos]
+                times = self.frame_times_utc
+                if times is not None and pos < len(times):
+                    t_utc = times[pos]
+                elif times:  # the list ends early (a recording cut off): go on from its last time at the frame rate
+                    if pos == len(times):
+                        log.warning("%s: frame times end at frame %d; later frames are timed by the frame rate",
+                                    self.path, pos)
+                    t_utc = times[-1] + (pos - len(times) + 1) / fps
                 self.counters.frames += 1
                 h, w = image.shape[:2]
                 yield Frame(

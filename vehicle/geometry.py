@@ -61,6 +61,7 @@ class CameraCalibration:
         source: where the intrinsics came from (images folder, "default", ...).
         calibrated_at: ISO 8601 UTC time of the calibration.
         notes: free text, e.g. how the mount was measured.
+        file: the file it was loaded from (named in errors; not saved).
     """
 
     image_size_wh: tuple[int, int]
@@ -75,6 +76,7 @@ class CameraCalibration:
     source: str = ""
     calibrated_at: str = ""
     notes: str = field(default="")
+    file: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         w, h = (int(v) for v in self.image_size_wh)
@@ -145,6 +147,7 @@ class CameraCalibration:
                 source=str(data.get("source", "")),
                 calibrated_at=str(data.get("calibrated_at", "")),
                 notes=str(data.get("notes", "")),
+                file=str(p),
             )
         except CalibrationError as e:
             raise CalibrationError(f"{p}: {e}") from None
@@ -192,12 +195,13 @@ class CameraCalibration:
         """
         w0, h0 = self.image_size_wh
         if width_px <= 0 or height_px <= 0:
-            raise CalibrationError(f"{self.source or 'calibration'}: image_size_wh: bad target {width_px}x{height_px}")
+            raise CalibrationError(f"{self.file or self.source or 'calibration'}: image_size_wh: bad target "
+                                   f"{width_px}x{height_px}")
         if (width_px, height_px) == (w0, h0):
             return self
         if abs((width_px / height_px) / (w0 / h0) - 1.0) > 0.01:
             raise CalibrationError(
-                f"{self.source or 'calibration'}: image_size_wh: calibrated for {w0}x{h0}, stream is "
+                f"{self.file or self.source or 'calibration'}: image_size_wh: calibrated for {w0}x{h0}, stream is "
                 f"{width_px}x{height_px} (aspect differs by more than 1 %: cropped? recalibrate)")
         sx, sy = width_px / w0, height_px / h0
         k = self.camera_matrix.copy()
@@ -210,7 +214,7 @@ class CameraCalibration:
             image_size_wh=(width_px, height_px), camera_matrix=k, dist_coeffs=self.dist_coeffs,
             height_m=self.height_m, pitch_deg=self.pitch_deg, roll_deg=self.roll_deg, yaw_deg=self.yaw_deg,
             lever_arm_m=self.lever_arm_m, rms_px=None if self.rms_px is None else self.rms_px * sx,
-            source=self.source, calibrated_at=self.calibrated_at, notes=self.notes)
+            source=self.source, calibrated_at=self.calibrated_at, notes=self.notes, file=self.file)
 
     def camera_to_vehicle_rotation(self) -> np.ndarray:
         """3x3 matrix taking a camera-frame (x right, y down, z fwd) vector to forward/right/DOWN of the car."""
