@@ -371,6 +371,13 @@ def test_cli_export_writes_geojson_and_csv(tmp_path: Path, capsys: pytest.Captur
     capsys.readouterr()
     assert main(["export", "--db", str(db)]) == 0  # no output file named: GeoJSON on stdout
     assert json.loads(capsys.readouterr().out)["features"][0]["properties"]["category"] == "piled_materials"
+    # bad input, as for every patrol command: exit 1 with one line naming it
+    assert main(["export", "--db", str(tmp_path / "missing.sqlite3")]) == 1
+    assert capsys.readouterr().err.strip() == f"patrol centre export: {tmp_path / 'missing.sqlite3'}: no such database"
+    (tmp_path / "a-file").write_text("")
+    assert main(["export", "--db", str(db), "--csv", str(tmp_path / "a-file" / "cases.csv")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a-file" in err[0] and "cannot write" in err[0]
 
 
 def test_parser_registers_centre_and_export() -> None:

@@ -383,21 +383,26 @@ def run_centre(args: argparse.Namespace) -> int:
     )
     if getattr(args, "centre_command", None) == "export":
         db = str(getattr(args, "db", "") or "")
+        # a database that is missing or unreadable, or a file that cannot be written, is bad input: exit 1
         if db and not is_postgres_dsn(db) and not Path(db).is_file():
             print(f"patrol centre export: {db}: no such database", file=sys.stderr)
-            return 2
+            return 1
         try:
             with _open_store(args) as store:
                 cases = store.cases()
         except CentreStoreError as exc:
             print(f"patrol centre export: {exc}", file=sys.stderr)
-            return 2
+            return 1
         if not args.geojson and not args.csv:
             args.geojson = "-"
-        if args.geojson:
-            _write_out(args.geojson, dump_geojson(cases_to_geojson(cases)))
-        if args.csv:
-            _write_out(args.csv, cases_to_csv(cases))
+        try:
+            if args.geojson:
+                _write_out(args.geojson, dump_geojson(cases_to_geojson(cases)))
+            if args.csv:
+                _write_out(args.csv, cases_to_csv(cases))
+        except OSError as exc:
+            print(f"patrol centre export: {exc.filename}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         log.info("exported %d cases", len(cases))
         return 0
     try:
