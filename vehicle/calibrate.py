@@ -180,14 +180,8 @@ def mount_from_measurements(calib: CameraCalibration, height_m: float, pitch_deg
         notes=f"mount measured {_utc_now()}")
 
 
-def read_ground_points(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read a CSV with header u_px,v_px,forward_m,right_m (ground points relative to the GPS antenna).
-
-    Returns:
-        (n, 2) pixels, (n,) forward_m, (n,) right_m.
-    """
-    p = Path(path)
-    need = ("u_px", "v_px", "forward_m", "right_m")
+def _read_csv(p: Path, need: tuple[str, ...]) -> list[dict[str, str]]:
+    """The rows of a UTF-8 CSV whose header names at least ``need``; `CalibrationError` naming the file."""
     try:
         with p.open(newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
@@ -197,6 +191,18 @@ def read_ground_points(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.nda
         raise CalibrationError(f"{p}: not a UTF-8 CSV file ({e})") from None
     if not rows or any(k not in rows[0] for k in need):
         raise CalibrationError(f"{p}: header must name columns {', '.join(need)}")
+    return rows
+
+
+def read_ground_points(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read a CSV with header u_px,v_px,forward_m,right_m (ground points relative to the GPS antenna).
+
+    Returns:
+        (n, 2) pixels, (n,) forward_m, (n,) right_m.
+    """
+    p = Path(path)
+    need = ("u_px", "v_px", "forward_m", "right_m")
+    rows = _read_csv(p, need)
     values = np.zeros((len(rows), 4))
     for i, row in enumerate(rows):
         for j, key in enumerate(need):
@@ -210,15 +216,7 @@ def read_ground_points(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.nda
 def read_lane_points(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a CSV with header line,u_px,v_px (line = left or right); returns left and right (n, 2) pixels."""
     p = Path(path)
-    try:
-        with p.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-    except OSError as e:
-        raise CalibrationError(f"{p}: cannot read: {e.strerror or e}") from None
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise CalibrationError(f"{p}: not a UTF-8 CSV file ({e})") from None
-    if not rows or any(k not in rows[0] for k in ("line", "u_px", "v_px")):
-        raise CalibrationError(f"{p}: header must name columns line, u_px, v_px")
+    rows = _read_csv(p, ("line", "u_px", "v_px"))
     pts: dict[str, list[tuple[float, float]]] = {"left": [], "right": []}
     for i, row in enumerate(rows):
         line = (row["line"] or "").strip().lower()
