@@ -196,7 +196,8 @@ class PhotoConfig(_Section):
 class OutputConfig(_Section):
     """Extra sinks."""
 
-    jsonl_file: str = Field(default="", description="also append every event to this JSON-lines file")
+    jsonl_file: str = Field(
+        default="", description="also append every event to this JSON-lines file (replay: unless --out)")
 
 
 class RuntimeConfig(_Section):
