@@ -342,7 +342,7 @@ def run_pipeline(model: Path, drive_dir: Path, n_frames: int, port: int, work: P
     track = load_track(drive.gps_file, max_fix_age_s=g.max_fix_age_s, stopped_speed_mps=g.stopped_speed_mps,
                        max_gap_s=g.max_interpolation_gap_s)
     state_dir = work / "state"
-    stage, ref, covered = app._detectors(cfg, base, state_dir, taxonomy)
+    stage, ref, obj_ref, covered = app._detectors(cfg, base, state_dir, taxonomy)
     outbox, plain_dedup = app._state(cfg, base, taxonomy, state_dir, power_safe=power_safe)
     times = StageTimes()
     dedup = TimedDedup(outbox.connection, plain_dedup.policy)
@@ -354,7 +354,8 @@ def run_pipeline(model: Path, drive_dir: Path, n_frames: int, port: int, work: P
     frames = timed_frames(drive, n_frames, loop_until, times, source_counters)
     parts = PipelineParts(
         vehicle_id=cfg.vehicle_id, frames=frames, detect=stage, cached=None, pose_at=track.pose_at,
-        calibration=calibration, dedup=dedup, outbox=outbox, model_ref=ref, photos_dir=state_dir / "photos",
+        calibration=calibration, dedup=dedup, outbox=outbox, model_ref=ref, object_model_ref=obj_ref,
+        photos_dir=state_dir / "photos",
         min_range_m=cfg.location.min_range_m, max_range_m=cfg.location.max_range_m, no_fix_policy=g.no_fix_policy,
         jpeg_quality=cfg.photo.jpeg_quality, photo_max_width_px=cfg.photo.max_width_px,
         publish_snapshots=cfg.mqtt.publish_snapshots, frame_queue_size=cfg.runtime.frame_queue_size,
