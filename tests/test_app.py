@@ -10,6 +10,7 @@ from tests.drives import gopro_drive
 from vehicle.app import OutputError, ReplayOptions, replay
 from vehicle.config import ConfigError
 from vehicle.drive import DriveError, open_drive
+from vehicle.frames import FrameSourceError
 
 
 def _no_mqtt(tmp_path):
@@ -38,7 +39,7 @@ def test_unwritable_outputs_are_named(tmp_path):
     assert list((tmp_path / "data").iterdir()) == []  # nor a fresh replay-* one
     a_file = tmp_path / "a-file"
     a_file.write_text("")
-    with pytest.raises(OutputError, match="cannot create the state folder"):
+    with pytest.raises(OutputError, match=r"a-file: is a file, not a state folder"):
         replay(ReplayOptions(drive, cfg, state_dir=a_file))
 
 
@@ -69,3 +70,30 @@ def test_without_out_the_configs_jsonl_file_gets_the_events(tmp_path):
     events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
     assert [e["properties"]["category"] for e in events] == ["exposed_garbage"]
     assert events[0]["properties"]["model"] == {"name": "crafted", "sha256": "c" * 64}
+
+
+def test_a_bad_stills_folder_fails_before_any_state_is_made(tmp_path):
+    drive = gopro_drive(tmp_path / "d")
+    m = json.loads((drive / "manifest.json").read_text())
+    m["video"] = []
+    m["stills"] = {"folder": "stills", "start_utc": "2019-11-18T23:45:14Z"}
+    (drive / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(FrameSourceError, match="stills: folder of stills not found"):
+        replay(ReplayOptions(drive, _no_mqtt(tmp_path), state_dir=tmp_path / "s"))
+    (drive / "stills").mkdir()
+    (drive / "stills" / "timestamps.csv").write_text("file,utc\n")
+    with pytest.raises(FrameSourceError, match=r"timestamps\.csv: lists no images"):
+        replay(ReplayOptions(drive, _no_mqtt(tmp_path), state_dir=tmp_path / "s"))
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_replay_error_names_the_config_file(tmp_path):
+    drive = gopro_drive(tmp_path / "d")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n[mqtt]\nenabled = false\n[rules]\nmin_travle_m = 3\n'
+                   '[object_detector]\nenabled = true\nmodel_file = "x.onnx"\n')
+    detections = tmp_path / "det.jsonl"
+    detections.write_text('{"header": {"format": "patrol-detections", "version": 1, "model": {}}}\n')
+    with pytest.raises(ConfigError) as exc:
+        replay(ReplayOptions(drive, cfg, detections=detections, state_dir=tmp_path / "s"))
+    assert str(exc.value).startswith(f"{cfg}: rules.min_travle_m: unknown key")

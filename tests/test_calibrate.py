@@ -20,6 +20,7 @@ from vehicle.calibrate import (
     mount_from_measurements,
     mount_from_points,
     parse_board,
+    read_ground_points,
 )
 from vehicle.geometry import CalibrationError, CameraCalibration, vehicle_to_pixels
 
@@ -176,6 +177,16 @@ def test_mount_solve_needs_four_points():
         mount_from_points(_mounted(), np.zeros((3, 2)), np.ones(3), np.ones(3))
 
 
+def test_a_points_file_with_a_header_only_says_so(tmp_path: Path):
+    path = tmp_path / "p.csv"
+    path.write_text("u_px,v_px,forward_m,right_m\n")
+    with pytest.raises(CalibrationError, match=r"p\.csv: no rows after the header"):
+        read_ground_points(path)
+    path.write_text("u,v\n1,2\n")
+    with pytest.raises(CalibrationError, match=r"p\.csv: header must name columns u_px, v_px, forward_m, right_m"):
+        read_ground_points(path)
+
+
 def test_mount_solve_refuses_points_on_one_line():
     truth = _mounted()
     f, r = np.array([6.0, 10.0, 14.0, 18.0]), np.zeros(4)  # one row straight ahead
@@ -249,6 +260,9 @@ def test_check_picture_on_the_udacity_frame(tmp_path: Path):
     changed = np.any(picture != frame, axis=2)
     assert changed[40:380].mean() < 0.01  # the sky stays clean below the title bar
     assert changed[450:690].mean() > 0.05  # the grid lies on the road
+    with pytest.raises(CalibrationError, match=r"chk\.txt: --out: the check picture is a PNG"):
+        check_picture(calib_path, frame_path, tmp_path / "chk.txt")
+    assert not (tmp_path / "chk.txt").exists()
 
 
 def test_board_and_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

@@ -348,6 +348,11 @@ def test_eval_ab_needs_both_events_files_or_neither(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert res.stderr.strip() == "patrol eval ab: error: --a-events and --b-events go together (give both or neither)"
     assert not (tmp_path / "o").exists()
+    res = subprocess.run([sys.executable, "-m", "vehicle.cli", "eval", "ab", str(tmp_path), "--truth", "t.geojson",
+                          "--out", str(tmp_path / "o"), "--a-events", "a.jsonl", "--b-events", "b.jsonl",
+                          "--a-config", "new.toml"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "--a-events is scored as it is: drop --a-config" in res.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_check_config_accepts_a_client_certificate_only_with_its_own_key(tmp_path: Path) -> None:

@@ -64,10 +64,17 @@ HEADER = '{"header": {"format": "patrol-detections", "version": 1, "model": {}}}
      '"xyxy": [0, 1, 2, 3]}]}', "score must be a finite number"),
     ('{"frame": 1, "time_utc": 1, "size_wh": [8, 8], "detections": [{"category": "nuclear_waste", "score": 0.5, '
      '"xyxy": [0, 1, 2, 3]}]}', "category 'nuclear_waste' is not in the taxonomy"),
+    ('{"frame": 1, "time_utc": 1, "size_wh": [8, 8], "detections": [{"category": "road_damage", "score": "0.5", '
+     '"xyxy": [0, 1, 2, 3]}]}', "score must be a finite number, got '0.5'"),
+    ('{"frame": 1, "time_utc": 1, "size_wh": [8, 8], "detections": [{"category": "road_damage", "score": 0.5, '
+     '"xyxy": [true, 1, 2, 3]}]}', "xyxy must be a finite number, got True"),
+    ('{"frame": 1, "time_utc": 1, "size_wh": [8, 8], "detections": [{"category": "road_damage", "score": 0.5, '
+     '"xyxy": [2, 1, 2, 3]}]}', r"xyxy \[2.0, 1.0, 2.0, 3.0\] is empty or inverted"),
+    ('{"frame": 0, "time_utc": 2, "size_wh": [8, 8], "detections": []}', "frame 0 does not come after frame 0"),
     ('{"frame": 1, "time_utc": 1, "size_wh": [8, 8], "detections": [{"category": "road_damage", "score": 1.5, '
      '"xyxy": [0, 1, 2, 3]}]}', r"score must be within \[0, 1\], got 1.5"),
     ('{"frame": 1, "time_utc": 1, "size_wh": [8, 8], "detections": [{"category": "road_damage", "score": 0.5, '
-     '"xyxy": [5, 1, 2, 3]}]}', r"xyxy \[5.0, 1.0, 2.0, 3.0\] is inverted"),
+     '"xyxy": [5, 1, 2, 3]}]}', r"xyxy \[5.0, 1.0, 2.0, 3.0\] is empty or inverted"),
     ('{"frame": 1, "time_utc": 1, "size_wh": [8, 8], "detections": [{"category": "road_damage", "score": 0.5, '
      '"xyxy": [0, 1, 20, 3]}]}', r"xyxy \[0.0, 1.0, 20.0, 3.0\] reaches outside the 8x8 image"),
 ])

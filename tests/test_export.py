@@ -125,3 +125,15 @@ def test_the_shipped_checkpoint_runs_as_a_detector_in_a_fresh_process(tmp_path: 
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out[str(WEIGHTS)][0] == json.loads(meta["trained_categories"])
     assert out[str(copy)][0] is None and "cannot tell which categories" in r.stderr
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path: Path) -> None:
+    if importlib.util.find_spec("ultralytics") is None:
+        pytest.skip("ultralytics not installed: the .pt backend needs it (pip install .[train])")
+    from vehicle.detector import ModelError, load_detector
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match=r"junk\.pt: not a loadable ultralytics checkpoint") as exc:
+        load_detector(junk)
+    assert "\n" not in str(exc.value)

@@ -273,6 +273,8 @@ def test_sightings_without_ground_position_or_fix_prove_nothing(tmp_path, taxono
     ({"zones": [{"file": "a.geojson"}, {"file": "b.geojson", "kind": "parking"}]}, "rules.zones[1].kind: "),
     ({"stationary_radus_m": 2.0}, "rules.stationary_radus_m: unknown key"),
     ({"min_travel_m": -1}, "rules.min_travel_m: "),
+    ({"min_travel_m": "3"}, "rules.min_travel_m: Input should be a valid number"),
+    ({"bike_cluster": {"min_bikes": True}}, "rules.bike_cluster.min_bikes: Input should be a valid integer"),
     ({"bike_cluster": {"min_bikes": 0}}, "rules.bike_cluster.min_bikes: "),
     ({"parking": {"fallback": "kerb"}}, "rules.parking.fallback: "),
     ({"parking": {"category": "parked_cars"}}, "rules.parking.category: unknown category 'parked_cars'"),

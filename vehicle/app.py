@@ -156,6 +156,8 @@ def _policy(cfg: Config, taxonomy: Taxonomy):
 def _lock_state(state_dir: Path) -> IO[str]:
     """Hold the state folder for this process (released when the returned file closes or the process ends):
     two runs on one dedup index and outbox would each publish what the other already did."""
+    if state_dir.exists() and not state_dir.is_dir():
+        raise OutputError(f"{state_dir}: is a file, not a state folder")
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
         fh = open(state_dir / "lock", "a+", encoding="utf-8")
@@ -206,12 +208,38 @@ def _offline_status(vehicle_id: str) -> bytes:
     return Status(vehicle_id=vehicle_id, state=StatusState.offline, time=utc_iso(time.time())).to_json()
 
 
-def _publisher(cfg: Config, base: Path, outbox_path: Path) -> Publisher:
+def _broker_settings(cfg: Config, base: Path) -> BrokerSettings:
+    """The broker connection from the config, with every file it names tried as the connection will use it;
+    a `ConfigError` naming the key (the caller adds the config file)."""
     settings = BrokerSettings.from_config(cfg.mqtt, cfg.vehicle_id, base)
+    tls = cfg.mqtt.tls
+    if not tls.enabled:
+        return settings
     for key in ("ca_file", "cert_file", "key_file"):
-        value = getattr(cfg.mqtt.tls, key)
-        if cfg.mqtt.tls.enabled and value and not resolve_path(value, base).is_file():
+        value = getattr(tls, key)
+        if value and not resolve_path(value, base).is_file():
             raise ConfigError(f"mqtt.tls.{key}: {value} not found")
+    if tls.ca_file:
+        try:
+            ssl.create_default_context(cafile=str(resolve_path(tls.ca_file, base)))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"mqtt.tls.ca_file: {tls.ca_file}: not a usable CA bundle ({exc})") from None
+    if tls.key_file and not tls.cert_file:
+        raise ConfigError("mqtt.tls.cert_file: required with mqtt.tls.key_file")
+    if tls.cert_file:
+        cert = resolve_path(tls.cert_file, base)
+        key = resolve_path(tls.key_file, base) if tls.key_file else None
+        try:  # the pair the broker will see; a passphrase-protected key cannot be used unattended (and would
+            # make OpenSSL prompt on a terminal)
+            ssl.create_default_context().load_cert_chain(cert, key, password=lambda: b"")
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"mqtt.tls.cert_file: {tls.cert_file} with key {tls.key_file or '(in the same file)'}: "
+                              f"not a usable client certificate and key ({exc})") from None
+    return settings
+
+
+def _publisher(cfg: Config, base: Path, outbox_path: Path) -> Publisher:
+    settings = _broker_settings(cfg, base)
     try:
         pub = Publisher(settings, outbox_path, status_topic(cfg.vehicle_id), _offline_status(cfg.vehicle_id))
     except (ssl.SSLError, OSError) as exc:
@@ -254,7 +282,20 @@ class StatusReporter:
 
 
 def replay(opts: ReplayOptions) -> RunCounters:
-    """Replay a recorded drive through the whole pipeline; returns the run's counters."""
+    """Replay a recorded drive through the whole pipeline; returns the run's counters.
+
+    Raises:
+        ConfigError: one line naming the config file and the key.
+        DriveError, DetectionLogError, ...: bad input (`INPUT_ERRORS`), one line naming the file.
+    """
+    try:
+        return _replay(opts)
+    except ConfigError as exc:
+        where, msg = str(opts.config_file or "built-in defaults"), str(exc)
+        raise ConfigError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+
+
+def _replay(opts: ReplayOptions) -> RunCounters:
     drive: Drive = open_drive(opts.drive_dir)
     cfg, base = _load(opts.config_file)
     where = str(opts.config_file or "built-in defaults")
@@ -275,6 +316,7 @@ def replay(opts: ReplayOptions) -> RunCounters:
     track = load_track(drive.gps_file, max_fix_age_s=g.max_fix_age_s, stopped_speed_mps=g.stopped_speed_mps,
                        max_gap_s=g.max_interpolation_gap_s)
     data_dir = resolve_path(cfg.data_dir, base).resolve()  # as `patrol run` finds it (~ and $VARS expanded)
+    _check_class_maps(cfg, taxonomy)  # also when cached detections stand in for the models
     with ExitStack() as stack:
         if opts.detections is not None:
             model, cached = read_detection_log(opts.detections, taxonomy.names)
@@ -295,6 +337,9 @@ def replay(opts: ReplayOptions) -> RunCounters:
                 stage, ref, obj_ref, covered = _detectors(cfg, base, data_dir, taxonomy)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
+        source_counters = SourceCounters()
+        frames = drive.frames(source_counters, cfg.camera.stills_interval_s) if (drive.segments or drive.stills) \
+            else None
         # only now, with everything checked: a failed start leaves no folder behind
         created = opts.state_dir is None or not opts.state_dir.exists()
         state_dir = opts.state_dir or _fresh_state_dir(
@@ -302,9 +347,6 @@ def replay(opts: ReplayOptions) -> RunCounters:
         started = threading.Event()
         if created:  # registered first, so it runs last: after the lock and the databases are closed
             stack.callback(lambda: started.is_set() or shutil.rmtree(state_dir, ignore_errors=True))
-        source_counters = SourceCounters()
-        frames = drive.frames(source_counters, cfg.camera.stills_interval_s) if (drive.segments or drive.stills) \
-            else None
         stack.callback(_lock_state(state_dir).close)
         outbox, dedup = _state(cfg, base, taxonomy, state_dir, power_safe=False)  # a replay: crash-safe only
         stack.callback(outbox.close)
@@ -324,6 +366,9 @@ def replay(opts: ReplayOptions) -> RunCounters:
             try:
                 events_out = stack.enter_context(open(out_file, "a", encoding="utf-8"))
             except OSError as exc:
+                if not opts.out:
+                    raise ConfigError(f"output.jsonl_file: {out_file}: cannot write events: "
+                                      f"{exc.strerror or exc}") from None
                 raise OutputError(f"{out_file}: cannot write events: {exc.strerror or exc}") from None
         det_out = None
         if opts.save_detections is not None:
@@ -523,31 +568,9 @@ def validate_service_config(cfg: Config, base: Path, config_file: Path) -> Taxon
         raise ConfigError(f"{where}: gps.source: {cfg.gps.source} not found ('gpsd' or a log file)")
     if cfg.mqtt.enabled:
         try:
-            BrokerSettings.from_config(cfg.mqtt, cfg.vehicle_id, base)
+            _broker_settings(cfg, base)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        for key in ("ca_file", "cert_file", "key_file"):
-            value = getattr(cfg.mqtt.tls, key)
-            if cfg.mqtt.tls.enabled and value and not resolve_path(value, base).is_file():
-                raise ConfigError(f"{where}: mqtt.tls.{key}: {value} not found")
-        if cfg.mqtt.tls.enabled and cfg.mqtt.tls.ca_file:
-            try:
-                ssl.create_default_context(cafile=str(resolve_path(cfg.mqtt.tls.ca_file, base)))
-            except (ssl.SSLError, OSError) as exc:
-                raise ConfigError(f"{where}: mqtt.tls.ca_file: {cfg.mqtt.tls.ca_file}: not a usable CA bundle "
-                                  f"({exc})") from None
-        tls = cfg.mqtt.tls
-        if tls.enabled and tls.key_file and not tls.cert_file:
-            raise ConfigError(f"{where}: mqtt.tls.cert_file: required with mqtt.tls.key_file")
-        if tls.enabled and tls.cert_file:
-            cert = resolve_path(tls.cert_file, base)
-            key = resolve_path(tls.key_file, base) if tls.key_file else None
-            try:  # the pair the broker will see; a passphrase-protected key cannot be used unattended
-                ssl.create_default_context().load_cert_chain(cert, key, password=lambda: b"")
-            except (ssl.SSLError, OSError) as exc:
-                raise ConfigError(f"{where}: mqtt.tls.cert_file: {tls.cert_file} with key "
-                                  f"{tls.key_file or '(in the same file)'}: not a usable client certificate and key "
-                                  f"({exc})") from None
     _check_writable(where, "data_dir", resolve_path(cfg.data_dir, base), folder=True)
     if cfg.output.jsonl_file:
         _check_writable(where, "output.jsonl_file", resolve_path(cfg.output.jsonl_file, base), folder=False)

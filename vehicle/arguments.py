@@ -1,5 +1,6 @@
-"""Command-line number types shared by the `patrol` sub-commands: a bad value is an argparse usage error
-(one line naming the option, exit 2) instead of a traceback deep in OpenCV or a report built on nonsense."""
+"""What the `patrol` sub-commands share at the command line: number types (a bad value is an argparse usage
+error naming the option, exit 2, instead of a traceback deep in OpenCV or a report built on nonsense) and the
+one-line shape of every error message."""
 
 from __future__ import annotations
 
@@ -24,3 +25,10 @@ def number(low: float, high: float, *, low_open: bool = False, unit: str = "") -
 def seconds(minimum: float) -> Callable[[str], float]:
     """An argparse ``type``: a finite number of seconds, at least ``minimum``."""
     return number(minimum, 1e9, unit="s")
+
+
+def one_line(error: object) -> str:
+    """An error message as one line: a control character in a user's value (a key, a path) is shown escaped,
+    never as a line break that would split the message or forge a line in the journal."""
+    text = str(error)
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)

@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vehicle.arguments import number
+from vehicle.arguments import number, one_line
 from vehicle.geometry import (
     CAMERA_TO_BODY_FRD,
     CalibrationError,
@@ -184,13 +184,16 @@ def _read_csv(p: Path, need: tuple[str, ...]) -> list[dict[str, str]]:
     """The rows of a UTF-8 CSV whose header names at least ``need``; `CalibrationError` naming the file."""
     try:
         with p.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
+            reader = csv.DictReader(fh)
+            rows = list(reader)
     except OSError as e:
         raise CalibrationError(f"{p}: cannot read: {e.strerror or e}") from None
     except (UnicodeDecodeError, csv.Error) as e:
         raise CalibrationError(f"{p}: not a UTF-8 CSV file ({e})") from None
-    if not rows or any(k not in rows[0] for k in need):
+    if any(k not in (reader.fieldnames or []) for k in need):
         raise CalibrationError(f"{p}: header must name columns {', '.join(need)}")
+    if not rows:
+        raise CalibrationError(f"{p}: no rows after the header")
     return rows
 
 
@@ -392,6 +395,8 @@ def check_picture(calibration_path: str | Path, frame_path: str | Path, out_path
     if frame is None:
         raise CalibrationError(f"{frame_path}: --frame: cannot read image")
     out = Path(out_path) if out_path else Path(calibration_path).with_name(Path(calibration_path).stem + "-check.png")
+    if out.suffix.lower() != ".png":  # checked first: OpenCV picks the writer by the name and raises on others
+        raise CalibrationError(f"{out}: --out: the check picture is a PNG: name it *.png")
     try:
         picture = draw_check(calib, frame, max_range_m=max_range_m)
     except CalibrationError:
@@ -448,7 +453,7 @@ def _cmd_intrinsics(args: argparse.Namespace) -> int:
         res = calibrate_intrinsics(args.images, cols, rows, args.square_mm, mount_from=keep)
         res.calibration.save(args.out)
     except CalibrationError as e:  # bad input (images, points, frame): exit 1, as every patrol command
-        print(f"patrol: error: {e}", file=sys.stderr)
+        print(f"patrol: error: {one_line(e)}", file=sys.stderr)
         return 1
     for s in res.skipped:
         print(f"skipped {s.name}: {s.reason}")
@@ -489,7 +494,7 @@ def _cmd_mount(args: argparse.Namespace) -> int:
                                             None if args.lever_arm_m is None else tuple(args.lever_arm_m))
         calib.save(out)
     except CalibrationError as e:  # bad input (images, points, frame): exit 1, as every patrol command
-        print(f"patrol: error: {e}", file=sys.stderr)
+        print(f"patrol: error: {one_line(e)}", file=sys.stderr)
         return 1
     print(f"height {calib.height_m:.3f} m, pitch {calib.pitch_deg:.2f}, roll {calib.roll_deg:.2f}, "
           f"yaw {calib.yaw_deg:.2f} deg; wrote {out}")
@@ -500,7 +505,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     try:
         out = check_picture(args.calibration, args.frame, args.out, args.max_range_m)
     except CalibrationError as e:  # bad input (images, points, frame): exit 1, as every patrol command
-        print(f"patrol: error: {e}", file=sys.stderr)
+        print(f"patrol: error: {one_line(e)}", file=sys.stderr)
         return 1
     print(f"wrote {out}")
     return 0

@@ -17,6 +17,7 @@ import json
 import logging
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -368,6 +369,19 @@ def _open_store(args: argparse.Namespace, taxonomy: Taxonomy | None = None) -> C
     )  # fmt: skip
 
 
+def _is_centre_sqlite(path: Path) -> bool:
+    """Whether ``path`` is a SQLite file holding the centre's tables (looked at read-only)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'cases'").fetchone() \
+                is not None
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return False
+
+
 def _write_out(dest: str, text: str) -> None:
     if dest == "-":
         sys.stdout.write(text)
@@ -386,6 +400,9 @@ def run_centre(args: argparse.Namespace) -> int:
         # a database that is missing or unreadable, or a file that cannot be written, is bad input: exit 1
         if db and not is_postgres_dsn(db) and not Path(db).is_file():
             print(f"patrol centre export: {db}: no such database", file=sys.stderr)
+            return 1
+        if db and not is_postgres_dsn(db) and not _is_centre_sqlite(Path(db)):  # export never writes to it
+            print(f"patrol centre export: {db}: not a patrol centre database (no cases table)", file=sys.stderr)
             return 1
         try:
             with _open_store(args) as store:

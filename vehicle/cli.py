@@ -12,7 +12,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from vehicle.arguments import seconds
+from vehicle.arguments import one_line, seconds
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # never let ultralytics (training extras) reach for the network
 # FFmpeg's own stderr chatter would break the one-line error contract; decode problems are counted instead.
@@ -111,10 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
-        print(f"patrol: config error: {exc}", file=sys.stderr)
+        print(f"patrol: config error: {one_line(exc)}", file=sys.stderr)
         return EXIT_CONFIG
     except INPUT_ERRORS as exc:
-        print(f"patrol: error: {exc}", file=sys.stderr)
+        print(f"patrol: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         return 130
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except sqlite3.DatabaseError as exc:  # the state database: disk full, I/O error, read-only
-        print(f"patrol: error: state database: {exc}", file=sys.stderr)
+        print(f"patrol: error: state database: {one_line(exc)}", file=sys.stderr)
         return EXIT_INPUT
     except OSError as exc:  # the machine, not the input: still one line
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""

@@ -152,7 +152,7 @@ class MqttConfig(_Section):
     """Delivery to the command centre."""
 
     enabled: bool = Field(default=True, description="publish to a broker (false: outbox and --out only)")
-    host: str = Field(default="127.0.0.1", min_length=1, description="the centre's broker")
+    host: str = Field(default="127.0.0.1", pattern=r"^\S+$", description="the centre's broker")
     port: int = Field(default=1883, ge=1, le=65535, description="1883 plain, 8883 TLS by convention")
     client_id: str = Field(default="", description="empty: patrol-<vehicle_id>")
     username: str = Field(default="", description="the car's broker account (by convention its vehicle_id)")
@@ -212,7 +212,7 @@ class Config(_Section):
 
     vehicle_id: str = Field(default="car-001", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
                             description="this car's id: in every topic and event")
-    data_dir: str = Field(default="var/patrol", description="outbox, dedup index and photos live here")
+    data_dir: str = Field(default="var/patrol", min_length=1, description="outbox, dedup index and photos live here")
     camera: CameraConfig = CameraConfig()
     gps: GpsConfig = GpsConfig()
     detector: DetectorConfig = DetectorConfig()

@@ -125,6 +125,7 @@ def read_detection_log(path: str | Path, categories: Collection[str] | None = No
     known = None if categories is None else frozenset(categories)
 
     def frames() -> Iterator[FrameDetections]:
+        last = -1
         with fh:
             for lineno, raw in enumerate(fh, start=2):
                 try:
@@ -137,13 +138,19 @@ def read_detection_log(path: str | Path, categories: Collection[str] | None = No
                     fd = _frame(json.loads(line), known)
                 except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
                     raise DetectionLogError(f"{path}:{lineno}: bad frame line ({exc})") from None
+                if fd.frame_index <= last:  # frames are matched to video by index: one line a frame, in order
+                    raise DetectionLogError(f"{path}:{lineno}: bad frame line (frame {fd.frame_index} does not "
+                                            f"come after frame {last})")
+                last = fd.frame_index
                 yield fd
 
     return model, frames()
 
 
 def _finite(value: object, what: str) -> float:
-    v = float(value)  # type: ignore[arg-type]
+    if isinstance(value, bool) or not isinstance(value, int | float):  # JSON true or "0.5" is not a number
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    v = float(value)
     if not math.isfinite(v):
         raise ValueError(f"{what} must be a finite number, got {value!r}")
     return v
@@ -166,8 +173,8 @@ def _frame(d: dict, known: frozenset[str] | None) -> FrameDetections:
         if len(xyxy) != 4:
             raise ValueError("xyxy needs 4 numbers")
         x1, y1, x2, y2 = xyxy
-        if x2 < x1 or y2 < y1:
-            raise ValueError(f"xyxy {list(xyxy)} is inverted (x2 < x1 or y2 < y1)")
+        if x2 <= x1 or y2 <= y1:
+            raise ValueError(f"xyxy {list(xyxy)} is empty or inverted (needs x1 < x2 and y1 < y2)")
         slack = 0.5  # pixels: rounding in whoever wrote the file
         if x1 < -slack or y1 < -slack or x2 > w + slack or y2 > h + slack:
             raise ValueError(f"xyxy {list(xyxy)} reaches outside the {w}x{h} image")

@@ -341,6 +341,9 @@ class UltralyticsDetector:
         except ModuleNotFoundError as exc:  # a checkpoint pickles its layer classes by module path
             raise ModelError(f"{self.model_file}: the checkpoint needs Python module {exc.name!r}, which is not "
                              "importable here (a model trained by another project?)") from None
+        except Exception as exc:  # torch and ultralytics raise many kinds on a file that is not a checkpoint
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise ModelError(f"{self.model_file}: not a loadable ultralytics checkpoint ({first[:200]})") from None
         names = self.model.names
         self.names = [str(names[k]) for k in sorted(names)] if isinstance(names, dict) else list(names)
         args = getattr(self.model, "overrides", {}) or {}

@@ -72,12 +72,14 @@ class Drive:
         ``counters`` (optional) accumulates decoded and undecodable frames over all segments;
         ``stills_interval_s`` spaces stills without timestamps when the manifest gives no ``interval_s``.
         """
-        next_index = 0
-        if self.stills is not None:
+        if self.stills is not None:  # opened now, not at the first frame: a bad folder fails before a run starts
             interval = self.stills_interval_s if self.stills_interval_s is not None else stills_interval_s
-            yield from StillsSource(self.stills, self.stills_start_utc + self.time_offset_s, interval,
-                                    counters=counters)
-            return
+            return iter(StillsSource(self.stills, self.stills_start_utc + self.time_offset_s, interval,
+                                     counters=counters))
+        return self._video_frames(counters)
+
+    def _video_frames(self, counters: SourceCounters | None) -> Iterator[Frame]:
+        next_index = 0
         for seg in self.segments:
             times = None if seg.frame_times_utc is None else [t + self.time_offset_s for t in seg.frame_times_utc]
             src = VideoFileSource(seg.file, seg.start_utc + self.time_offset_s, first_index=next_index,
@@ -136,8 +138,9 @@ def open_drive(path: str | Path) -> Drive:
         return value
 
     def utc(value: object, key: str) -> float:
+        value = text(value, key)  # its own error names the key once
         try:
-            return parse_utc(text(value, key))
+            return parse_utc(value)
         except ValueError as exc:
             raise DriveError(f"{mpath}: {key}: {exc}") from None
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vehicle.arguments import number
+from vehicle.arguments import number, one_line
 from vehicle.metrics import (
     EventMatch,
     EventScores,
@@ -398,7 +398,7 @@ def _one_line_errors(cmd):
         try:
             return cmd(args)
         except EvalError as exc:
-            print(f"patrol: error: {exc}", file=sys.stderr)
+            print(f"patrol: error: {one_line(exc)}", file=sys.stderr)
             return 1
 
     return run
@@ -423,6 +423,11 @@ def _cmd_ab(args: argparse.Namespace) -> int:
     if bool(args.a_events) != bool(args.b_events):  # scoring one file against a replay would compare unlike runs
         print("patrol eval ab: error: --a-events and --b-events go together (give both or neither)", file=sys.stderr)
         return 2
+    for side in ("a", "b"):  # an events file is scored as it is: a config or detections file would be ignored
+        if getattr(args, f"{side}_events") and (getattr(args, f"{side}_config") or getattr(args, f"{side}_detections")):
+            print(f"patrol eval ab: error: --{side}-events is scored as it is: drop --{side}-config and "
+                  f"--{side}-detections, or replay instead of --{side}-events", file=sys.stderr)
+            return 2
     events = [Path(args.a_events), Path(args.b_events)] if args.a_events else None
     doc = eval_events(Path(args.drive_dir), Path(args.truth), out, runs, events, args.match_radius_m, args.near_m,
                       not args.no_progress)

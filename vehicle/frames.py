@@ -169,6 +169,14 @@ class StillsSource:
                     items.append((self.folder / row["file"], parse_utc(row["utc"])))
                 except (KeyError, ValueError, TypeError) as exc:
                     raise FrameSourceError(f"{stamps}:{lineno}: bad row ({exc})") from None
+            if not items:
+                raise FrameSourceError(f"{stamps}: lists no images (header file,utc, then one row per image)")
+            listed = {p.name for p, _ in items}
+            unlisted = [p.name for p in self.folder.iterdir() if p.suffix.lower() in STILL_SUFFIXES
+                        and p.name not in listed]
+            if unlisted:
+                log.warning("%s: %d image(s) not in timestamps.csv are skipped (e.g. %s)", self.folder,
+                            len(unlisted), sorted(unlisted)[0])
         else:
             files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in STILL_SUFFIXES)
             items = [(p, start_utc + i * interval_s) for i, p in enumerate(files)]

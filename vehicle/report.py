@@ -210,7 +210,10 @@ def _error_plot(plt, evals) -> str:
     ax.set_xlabel("location error, m")
     ax.set_ylabel("fraction of matched objects")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # no matched object in any run: nothing to label
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no event matched a real object", ha="center", va="center", transform=ax.transAxes)
     ax.set_title("Location error (cumulative)")
     return _png(fig)
 

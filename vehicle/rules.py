@@ -96,7 +96,7 @@ MAX_SCORES_KEPT = 64
 
 # -- configuration ------------------------------------------------------------------------------------------------
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)  # as vehicle.config
 
 
 class ZoneFileConfig(_Strict):
