@@ -307,7 +307,25 @@ def test_cached_detections_out_of_time_order_are_refused(tmp_path: Path, filled_
     backwards.write_text(lines[0] + "".join(reversed(lines[1:])))
     res = patrol("replay", str(drive), "--config", str(cfg), "--state", str(tmp_path / "state"),
                  "--detections", str(backwards))
-    assert_one_error_line(res, 1, str(backwards), "is older than the frame before it")
+    assert_one_error_line(res, 1, str(backwards), "does not come after frame")  # found when the file is read
+
+
+def test_cached_detections_going_back_in_time_are_refused(tmp_path: Path, filled_state) -> None:
+    """Without video the file's own times count: one that goes backwards would break resuming, so it stops."""
+    drive, cfg, detections, _ = filled_state
+    bare = tmp_path / "bare-drive"
+    shutil.copytree(drive, bare)
+    m = json.loads((bare / "manifest.json").read_text())
+    m["video"] = []
+    (bare / "manifest.json").write_text(json.dumps(m))
+    lines = detections.read_text().splitlines()
+    frames = [json.loads(line) for line in lines[1:]]
+    frames[101]["time_utc"], frames[100]["time_utc"] = frames[100]["time_utc"], frames[101]["time_utc"]
+    backwards = tmp_path / "backwards.jsonl"
+    backwards.write_text("\n".join([lines[0]] + [json.dumps(f) for f in frames]) + "\n")
+    res = patrol("replay", str(bare), "--config", str(cfg), "--state", str(tmp_path / "state"),
+                 "--detections", str(backwards))
+    assert_one_error_line(res, 1, str(backwards), "frame 101", "is older than the frame before it")
 
 
 def test_cached_detections_of_another_camera_are_refused(tmp_path: Path, filled_state) -> None:
