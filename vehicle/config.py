@@ -152,7 +152,7 @@ class MqttConfig(_Section):
     """Delivery to the command centre."""
 
     enabled: bool = Field(default=True, description="publish to a broker (false: outbox and --out only)")
-    host: str = Field(default="127.0.0.1", pattern=r"^\S+$", description="the centre's broker")
+    host: str = Field(default="127.0.0.1", description="the centre's broker")
     port: int = Field(default=1883, ge=1, le=65535, description="1883 plain, 8883 TLS by convention")
     client_id: str = Field(default="", description="empty: patrol-<vehicle_id>")
     username: str = Field(default="", description="the car's broker account (by convention its vehicle_id)")
@@ -170,6 +170,13 @@ class MqttConfig(_Section):
     ack_timeout_s: float = Field(default=30.0, gt=0, le=86400, description="no PUBACK for this long: resend")
     publish_snapshots: bool = Field(default=True, description="publish each event's photo on its snapshot topic")
     tls: TlsConfig = TlsConfig()
+
+    @field_validator("host")
+    @classmethod
+    def _a_host(cls, v: str) -> str:
+        if not v or any(ch.isspace() for ch in v):
+            raise ValueError("must be a host name or IP address (not empty, no spaces)")
+        return v
 
     @model_validator(mode="after")
     def _password_needs_user(self) -> MqttConfig:
@@ -250,7 +257,7 @@ def _format_error(path: str, exc: ValidationError) -> str:
     # repr() any key with control characters: the error must stay one line (no forged journal lines).
     loc = ".".join(k if (k := str(x)).isprintable() else repr(k) for x in err["loc"]
                    if not str(x).startswith("function-after"))
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")  # pydantic's wrapper around our own validators' words
     if err["type"] == "extra_forbidden":
         msg = "unknown key (misspelt?)"
     value = err.get("input")

@@ -184,7 +184,9 @@ def rules_from_config(raw: dict, base_dir: Path, taxonomy: Taxonomy) -> RuleSett
         cfg = RulesConfig.model_validate(raw or {})
     except ValidationError as exc:
         err = exc.errors()[0]
-        msg = "unknown key (misspelt?)" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (misspelt?)"
         value = err.get("input")
         shown = "" if isinstance(value, dict) or err["type"] in ("extra_forbidden", "missing") else f" (got {value!r})"
         raise ConfigError(f"{_dotted(err['loc'])}: {msg}{shown}") from None
