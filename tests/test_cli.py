@@ -55,7 +55,7 @@ def test_check_config_accepts_the_installed_template() -> None:
         pytest.skip("models/patrol-detector.onnx (the shipped model the template names) is not in this checkout")
     res = patrol("check-config", str(TEMPLATE))
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout) == {"config": str(TEMPLATE), "vehicle_id": "car-001", "ok": True}
+    assert json.loads(res.stdout) == {"config": str(TEMPLATE), "vehicle_id": "car-001", "ok": True, "for": "run"}
 
 
 BAD = [
@@ -418,3 +418,13 @@ def test_a_drive_of_detections_alone_replays_at_its_pace_and_stops_promptly(tmp_
     took = time.monotonic() - signalled
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert took < 3.0, f"SIGTERM took {took:.1f} s"  # systemd's stop: the old shutdown waited out a 5 s join
+
+
+def test_check_config_checks_a_replay_config_without_camera_or_gps() -> None:
+    if not (REPO_ROOT / "models" / "patrol-detector.onnx").is_file():
+        pytest.skip("the shipped model is missing")
+    sample = REPO_ROOT / "scripts" / "sample" / "gopro-walk.toml"  # the demo's: no camera, the drive's GPS
+    assert_one_error_line(patrol("check-config", str(sample)), 2, "camera.source: required", "--replay")
+    ok = patrol("check-config", "--replay", str(sample))
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout) == {"config": str(sample), "vehicle_id": "demo-walk", "ok": True, "for": "replay"}

@@ -518,15 +518,18 @@ def _as_config_error(key: str, exc: Exception) -> ConfigError:
     return ConfigError(f"{key}: {exc}")
 
 
-def validate_service_config(cfg: Config, base: Path, config_file: Path) -> Taxonomy:
+def validate_service_config(cfg: Config, base: Path, config_file: Path, for_replay: bool = False) -> Taxonomy:
     """Everything `patrol run` needs from its config, checked before anything starts.
 
+    With ``for_replay`` the camera and GPS sources are not needed (a replay reads the drive's).
     Raises `ConfigError` (exit code 2) with one line naming the key, also for the files the keys name.
     """
     where = str(config_file)
-    if not cfg.camera.source:
-        raise ConfigError(f"{where}: camera.source: required for `patrol run`")
-    if not is_live_spec(cfg.camera.source) and not resolve_path(cfg.camera.source, base).exists():
+    if not cfg.camera.source and not for_replay:
+        raise ConfigError(f"{where}: camera.source: required for `patrol run` (check a replay's config with "
+                          "--replay)")
+    if cfg.camera.source and not is_live_spec(cfg.camera.source) and \
+            not resolve_path(cfg.camera.source, base).exists():
         raise ConfigError(f"{where}: camera.source: {cfg.camera.source} not found (not a file, folder, "
                           "device, URL or pipeline)")
     try:
@@ -564,7 +567,7 @@ def validate_service_config(cfg: Config, base: Path, config_file: Path) -> Taxon
             rules_from_config(cfg.rules, base, taxonomy)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-    if cfg.gps.source != "gpsd" and not resolve_path(cfg.gps.source, base).is_file():
+    if not for_replay and cfg.gps.source != "gpsd" and not resolve_path(cfg.gps.source, base).is_file():
         raise ConfigError(f"{where}: gps.source: {cfg.gps.source} not found ('gpsd' or a log file)")
     if cfg.mqtt.enabled:
         try:
@@ -589,8 +592,9 @@ def _check_writable(where: str, key: str, path: Path, folder: bool) -> None:
         raise ConfigError(f"{where}: {key}: {path} cannot be written (no permission under {probe})")
 
 
-def check_config(config_file: Path) -> str:
+def check_config(config_file: Path, for_replay: bool = False) -> str:
     """Validate a config and the files it names, starting nothing; returns a one-line summary."""
     cfg = load_config(config_file)
-    validate_service_config(cfg, config_file.resolve().parent, config_file)
-    return json.dumps({"config": str(config_file), "vehicle_id": cfg.vehicle_id, "ok": True})
+    validate_service_config(cfg, config_file.resolve().parent, config_file, for_replay)
+    return json.dumps({"config": str(config_file), "vehicle_id": cfg.vehicle_id, "ok": True,
+                       "for": "replay" if for_replay else "run"})

@@ -45,7 +45,7 @@ def _run(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     from vehicle.app import check_config
 
-    print(check_config(Path(args.config)))
+    print(check_config(Path(args.config), args.replay))
     return 0
 
 
@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate a configuration file and the files it names")
     p.add_argument("config")
+    p.add_argument("--replay", action="store_true", help="a replay's config: no camera or GPS source needed")
     p.set_defaults(func=_check_config)
 
     for module, adder in (("vehicle.calibrate", "add_calibrate_parser"), ("vehicle.centre", "add_centre_parser"),
