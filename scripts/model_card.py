@@ -129,8 +129,12 @@ def _start_of(run: Path) -> str:
 
             ckpt = torch.load(start, map_location="cpu", weights_only=False)
             args = ckpt.get("train_args") or {}
-            text += (f" (epoch {int(ckpt.get('epoch', -1)) + 1} of run `{args.get('name')}`, trained at "
-                     f"{args.get('imgsz')} px from `{args.get('model')}`)")
+            epoch = int(ckpt.get("epoch", -1))
+            if epoch < 0:  # stripped for shipping: the previously shipped models/patrol-detector.pt
+                text += f" (a shipped checkpoint: run `{args.get('name')}` at {args.get('imgsz')} px)"
+            else:  # no machine paths in the card: the file name says enough
+                text += (f" (epoch {epoch + 1} of run `{args.get('name')}`, trained at {args.get('imgsz')} px "
+                         f"from `{Path(str(args.get('model'))).name}`)")
         except Exception:  # the card still names the file by its hash
             pass
         return text
