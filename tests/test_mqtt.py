@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,29 @@ def test_tls_paths_resolved_only_when_enabled(tmp_path: Path) -> None:
 def test_bad_settings_are_rejected(kw: dict, error: str) -> None:
     with pytest.raises(ValueError, match=error):
         BrokerSettings("h", 1883, "c", **kw)
+
+
+def test_a_host_name_that_cannot_be_encoded_is_retried_not_fatal(tmp_path: Path, caplog) -> None:
+    """IDNA refuses an empty label; paho's network thread would die on that UnicodeError and never publish
+    again. The config refuses such names, and the publisher still treats one as a connection failure."""
+    import threading
+
+    from vehicle.events import status_topic
+    from vehicle.mqtt import Publisher
+    from vehicle.outbox import Outbox
+
+    outbox = Outbox(tmp_path / "o.db")
+    pub = Publisher(BrokerSettings(host="broker..example", port=1, client_id="c"), outbox.path,
+                    status_topic("car-1"), b"{}")
+    caplog.set_level(logging.WARNING)
+    pub.start()
+    try:
+        deadline = time.monotonic() + 10
+        while "cannot be resolved" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "host name 'broker..example' cannot be resolved" in caplog.text
+        assert any(t.name.startswith("paho-mqtt-client") and t.is_alive() for t in threading.enumerate())
+        assert not pub.connected
+    finally:
+        pub.stop(timeout_s=2.0)
+        outbox.close()

@@ -6,7 +6,9 @@ names the file, the dotted key and what is wrong; the service exits with code 2 
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
@@ -19,6 +21,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+_HOST_NAME = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?", re.ASCII)
 
 
 class ConfigError(ValueError):
@@ -174,8 +178,14 @@ class MqttConfig(_Section):
     @field_validator("host")
     @classmethod
     def _a_host(cls, v: str) -> str:
-        if not v or any(ch.isspace() for ch in v):
-            raise ValueError("must be a host name or IP address (not empty, no spaces)")
+        try:
+            ipaddress.ip_address(v)
+            return v
+        except ValueError:
+            pass
+        if not _HOST_NAME.fullmatch(v):  # not a URL, not host:port: the port is mqtt.port
+            raise ValueError("must be a host name (letters, digits, '-', dot-separated labels of 1-63) or an IP "
+                             "address; the port goes in mqtt.port")
         return v
 
     @model_validator(mode="after")

@@ -539,6 +539,10 @@ class Publisher:
             except OSError as exc:
                 self._last_connect_exc = exc
                 raise
+            except UnicodeError as exc:  # a host name IDNA cannot encode: paho's thread would die, not retry
+                err = OSError(f"host name {s.host!r} cannot be resolved ({exc})")
+                self._last_connect_exc = err
+                raise err from None
 
         client.reconnect = reconnect  # type: ignore[method-assign]
         client.on_connect_fail = self._on_connect_fail
