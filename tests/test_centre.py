@@ -374,15 +374,22 @@ def test_cli_export_writes_geojson_and_csv(tmp_path: Path, capsys: pytest.Captur
     # bad input, as for every patrol command: exit 1 with one line naming it
     assert main(["export", "--db", str(tmp_path / "missing.sqlite3")]) == 1
     assert capsys.readouterr().err.strip() == f"patrol centre export: {tmp_path / 'missing.sqlite3'}: no such database"
-    other = tmp_path / "other.sqlite3"  # some other program's database: refused, and left as it was
-    conn = sqlite3.connect(other)
-    conn.execute("CREATE TABLE x (a)")
-    conn.commit()
-    conn.close()
-    before = other.read_bytes()
-    assert main(["export", "--db", str(other)]) == 1
-    assert "not a patrol centre database" in capsys.readouterr().err
-    assert other.read_bytes() == before
+    for schema in ("CREATE TABLE x (a)", "CREATE TABLE cases (case_id, category, lat, court)"):
+        other = tmp_path / "other.sqlite3"  # some other program's database: refused, and left as it was
+        other.unlink(missing_ok=True)
+        conn = sqlite3.connect(other)
+        conn.execute(schema)
+        conn.commit()
+        conn.close()
+        before = other.read_bytes()
+        assert main(["export", "--db", str(other)]) == 1
+        assert "not a patrol centre database" in capsys.readouterr().err
+        assert other.read_bytes() == before and sorted(p.name for p in tmp_path.glob("other*")) == ["other.sqlite3"]
+    odd = tmp_path / "we#ird?" / "c.sqlite3"  # characters a SQLite URI would misread
+    odd.parent.mkdir()
+    odd.write_bytes(db.read_bytes())
+    assert main(["export", "--db", str(odd), "--csv", str(tmp_path / "odd.csv")]) == 0
+    assert not (tmp_path / "we").exists()
     (tmp_path / "a-file").write_text("")
     assert main(["export", "--db", str(db), "--csv", str(tmp_path / "a-file" / "cases.csv")]) == 1
     err = capsys.readouterr().err.strip().splitlines()

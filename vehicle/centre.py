@@ -32,7 +32,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import ValidationError
 
 from vehicle.categories import DEFAULT_CATEGORIES_FILE, Taxonomy, TaxonomyError
-from vehicle.centre_store import Case, CentreStore, CentreStoreError, is_postgres_dsn
+from vehicle.centre_store import Case, CentreStore, CentreStoreError, centre_columns, is_postgres_dsn
 from vehicle.events import TOPIC_ROOT, Event, Status
 
 log = logging.getLogger("vehicle.centre")
@@ -370,12 +370,16 @@ def _open_store(args: argparse.Namespace, taxonomy: Taxonomy | None = None) -> C
 
 
 def _is_centre_sqlite(path: Path) -> bool:
-    """Whether ``path`` is a SQLite file holding the centre's tables (looked at read-only)."""
+    """Whether ``path`` is a SQLite file holding every table and column of the centre's schema (looked at
+    read-only: an export must never change another program's database)."""
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)  # as_uri escapes '?' and '#'
         try:
-            return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'cases'").fetchone() \
-                is not None
+            for table, columns in centre_columns().items():
+                have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                if not columns <= have:
+                    return False
+            return True
         finally:
             conn.close()
     except sqlite3.DatabaseError:
@@ -402,7 +406,7 @@ def run_centre(args: argparse.Namespace) -> int:
             print(f"patrol centre export: {db}: no such database", file=sys.stderr)
             return 1
         if db and not is_postgres_dsn(db) and not _is_centre_sqlite(Path(db)):  # export never writes to it
-            print(f"patrol centre export: {db}: not a patrol centre database (no cases table)", file=sys.stderr)
+            print(f"patrol centre export: {db}: not a patrol centre database (its tables differ)", file=sys.stderr)
             return 1
         try:
             with _open_store(args) as store:

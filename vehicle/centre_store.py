@@ -91,6 +91,15 @@ CREATE TABLE IF NOT EXISTS vehicle_status (
 REJECTED_KEEP_BYTES = 65536
 
 
+def centre_columns() -> dict[str, set[str]]:
+    """Table -> column names of the centre's schema (to recognise a centre database without writing to it)."""
+    out: dict[str, set[str]] = {}
+    for table, body in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\n\);", _TABLES, re.S):
+        out[table] = {line.split()[0] for line in body.strip().splitlines() if line.strip()
+                      and not line.strip().upper().startswith(("PRIMARY", "UNIQUE", "FOREIGN", "CHECK"))}
+    return out
+
+
 class CentreStoreError(ValueError):
     """The database cannot be opened or is not usable; the message names it."""
 
