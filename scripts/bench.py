@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -182,7 +183,7 @@ def _run_sections(args: argparse.Namespace, model: Path, sections: set[str], res
             if a_runs:
                 ratios = [r["fps"] / ((a_runs[i]["fps"] + a_runs[i + 1]["fps"]) / 2) for i, r in enumerate(b_runs)]
                 pipe["ratio_runs"] = ratios
-                pipe["ratio_to_inference"] = sorted(ratios)[len(ratios) // 2]
+                pipe["ratio_to_inference"] = statistics.median(ratios)  # even count: mean of the middle two
                 checks.append(check("(b)/(a) fps ratio", pipe["ratio_to_inference"], FLOORS["pipeline_ratio_min"],
                                     True))
             checks.append(check("(b) peak RSS, MB", pipe["peak_rss_mb"], FLOORS["peak_rss_mb_max"], False))
@@ -295,7 +296,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--frames", type=int, default=315, help="frames for (a) and (b) (the GoPro walk has 315)")
     ap.add_argument("--sections", default=",".join(SECTIONS), type=lambda s: [x for x in s.split(",") if x],
                     help="which of a,b,c,d,e to run")
-    ap.add_argument("--repeats", type=int, default=2, help="pipeline runs for (b), each between two (a) runs")
+    ap.add_argument("--repeats", type=int, default=5, help="pipeline runs for (b), each between two (a) runs")
     ap.add_argument("--score-threshold", type=float, default=None, help="override detector.score_threshold")
     ap.add_argument("--class-map", action="append", default=[], metavar="CLASS=CATEGORY",
                     help="map a model class onto a category (e.g. car=illegal_parking for a COCO model)")
