@@ -359,17 +359,15 @@ def _replay(opts: ReplayOptions) -> RunCounters:
         if cfg.mqtt.enabled and not opts.no_mqtt:
             publisher = _publisher(cfg, base, outbox.path)
         events_out = None
-        out_file = opts.out or (str(resolve_path(cfg.output.jsonl_file, base)) if cfg.output.jsonl_file else None)
-        if out_file == "-":
+        if opts.out == "-":
             events_out = sys.stdout
-        elif out_file:  # --out, else the config's output.jsonl_file
+        elif opts.out:
             try:
-                events_out = stack.enter_context(open(out_file, "a", encoding="utf-8"))
+                events_out = stack.enter_context(open(opts.out, "a", encoding="utf-8"))
             except OSError as exc:
-                if not opts.out:
-                    raise ConfigError(f"output.jsonl_file: {out_file}: cannot write events: "
-                                      f"{exc.strerror or exc}") from None
-                raise OutputError(f"{out_file}: cannot write events: {exc.strerror or exc}") from None
+                raise OutputError(f"{opts.out}: cannot write events: {exc.strerror or exc}") from None
+        elif cfg.output.jsonl_file:  # as `patrol run` writes it
+            events_out = stack.enter_context(_open_events_file(cfg, base, opts.config_file or Path("<defaults>")))
         det_out = None
         if opts.save_detections is not None:
             header_model: dict = {"name": ref.name, "sha256": ref.sha256, "covered": covered}
@@ -434,6 +432,17 @@ def _stop_on_signals(stop: threading.Event) -> list[int]:
     return caught
 
 
+def _open_events_file(cfg: Config, base: Path, config_file: Path) -> IO[str]:
+    """The config's output.jsonl_file, opened for appending (its folder made); a `ConfigError` naming the key."""
+    path = resolve_path(cfg.output.jsonl_file, base)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "a", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{config_file}: output.jsonl_file: {path}: cannot write events: "
+                          f"{exc.strerror or exc}") from None
+
+
 def run_live(config_file: Path) -> int:
     """The car's service: camera + gpsd until SIGTERM. Returns the exit code."""
     cfg = load_config(config_file)
@@ -472,12 +481,11 @@ def run_live(config_file: Path) -> int:
         # line up; with gpsd it starts now.
         start = track.first_time_utc() if reader is None else time.time()
         source = open_source(str(resolve_path(cfg.camera.source, base)), start, cfg.camera.stills_interval_s)
+    events_out = _open_events_file(cfg, base, config_file) if cfg.output.jsonl_file else None
     state_lock = _lock_state(data_dir)  # held until the process ends
     outbox, dedup = _state(cfg, base, taxonomy, data_dir)
     rules, warning = _rules(cfg, base, taxonomy, outbox.connection)
     publisher = _publisher(cfg, base, outbox.path) if cfg.mqtt.enabled else None
-    events_out = open(resolve_path(cfg.output.jsonl_file, base), "a", encoding="utf-8") \
-        if cfg.output.jsonl_file else None
     reporter = StatusReporter(cfg.mqtt.status_interval_s, publisher, outbox, covered,
                               getattr(source, "counters", None), notifier)
     parts = PipelineParts(
