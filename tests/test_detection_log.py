@@ -56,7 +56,11 @@ HEADER = '{"header": {"format": "patrol-detections", "version": 1, "model": {}}}
 @pytest.mark.parametrize(("line", "why"), [
     ('{"frame": -5, "time_utc": 1, "size_wh": [8, 8], "detections": []}', "frame must be a whole number >= 0"),
     ('{"frame": 1180591620717411303424, "time_utc": 1, "size_wh": [8, 8], "detections": []}', "frame must be"),
-    ('{"frame": 1, "time_utc": 1, "size_wh": [0, 8], "detections": []}', "size_wh must be positive"),
+    ('{"frame": 1, "time_utc": 1, "size_wh": [0, 8], "detections": []}', "size_wh must be two positive"),
+    ('{"frame": 1, "time_utc": 1, "size_wh": ["848", "480"], "detections": []}', "size_wh must be two positive"),
+    ('{"frame": 1, "time_utc": 1, "size_wh": [8, 8], "detections": {}}', "detections must be a list"),
+    ('{"frame": 1, "time_utc": 1, "size_wh": [8, 8], "detections": [{"category": "road_damage", "score": 0.5, '
+     '"xyxy": [0, 1, 2, 3], "object_class": 5}]}', "object_class must be a class name, got 5"),
     ('{"frame": 1, "time_utc": NaN, "size_wh": [8, 8], "detections": []}', "time_utc must be a finite number"),
     ('{"frame": 1, "time_utc": 1, "size_wh": [8, 8], "detections": [{"category": "road_damage", "score": 0.5, '
      '"xyxy": [NaN, 1, 2, 3]}]}', "xyxy must be a finite number"),
@@ -90,7 +94,8 @@ def test_values_the_pipeline_cannot_trust_are_bad_lines(tmp_path, line: str, why
 
 @pytest.mark.parametrize("header", ['{"header": "x"}', '{"header": []}',
                                     '{"header": {"format": "patrol-detections", "model": "abc"}}',
-                                    '{"header": {"format": "patrol-detections", "model": {"covered": 5}}}'])
+                                    '{"header": {"format": "patrol-detections", "model": {"covered": 5}}}',
+                                    '{"header": {"format": "patrol-detections", "version": 2, "model": {}}}'])
 def test_a_malformed_header_is_named(tmp_path, header: str) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text(header + "\n")

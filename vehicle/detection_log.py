@@ -114,7 +114,7 @@ def read_detection_log(path: str | Path, categories: Collection[str] | None = No
     fh = open(path, "rb")  # decoded line by line: a bad byte is named by its line
     try:
         header = json.loads(fh.readline().decode("utf-8"))["header"]
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
+        if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version", 1) != 1:
             raise KeyError("format")
         model = header.get("model", {})
         if not isinstance(model, dict) or not isinstance(model.get("covered", []), list):
@@ -161,9 +161,13 @@ def _frame(d: dict, known: frozenset[str] | None) -> FrameDetections:
     frame = d["frame"]
     if not isinstance(frame, int) or isinstance(frame, bool) or not 0 <= frame < 2**62:
         raise ValueError(f"frame must be a whole number >= 0, got {frame!r}")
-    w, h = (int(v) for v in d["size_wh"][:2])
-    if w <= 0 or h <= 0:
-        raise ValueError(f"size_wh must be positive, got {d['size_wh']!r}")
+    size = d["size_wh"]
+    if not isinstance(size, list) or len(size) != 2 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v < 100_000 for v in size):
+        raise ValueError(f"size_wh must be two positive whole numbers of pixels, got {size!r}")
+    w, h = size
+    if not isinstance(d["detections"], list):
+        raise ValueError(f"detections must be a list, got {type(d['detections']).__name__}")
     boxes = []
     for b in d["detections"]:
         category = b["category"]
@@ -182,5 +186,7 @@ def _frame(d: dict, known: frozenset[str] | None) -> FrameDetections:
         if not 0.0 <= score <= 1.0:
             raise ValueError(f"score must be within [0, 1], got {b['score']!r}")
         cls = b.get("object_class")
-        boxes.append(CategoryBox(category, score, xyxy, None if cls is None else str(cls)))  # type: ignore[arg-type]
+        if cls is not None and (not isinstance(cls, str) or not cls):
+            raise ValueError(f"object_class must be a class name, got {cls!r}")
+        boxes.append(CategoryBox(category, score, xyxy, cls))  # type: ignore[arg-type]
     return FrameDetections(frame, _finite(d["time_utc"], "time_utc"), (w, h), tuple(boxes))
