@@ -65,7 +65,8 @@ def test_without_out_the_configs_jsonl_file_gets_the_events(tmp_path):
     detections = tmp_path / "det.jsonl"
     detections.write_text("\n".join(lines) + "\n")
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n[mqtt]\nenabled = false\n[output]\njsonl_file = "out/ev.jsonl"\n')
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n[mqtt]\nenabled = false\n'
+                   '[output]\njsonl_file = "out/ev.jsonl"\n')
     replay(ReplayOptions(drive, cfg, detections=detections, state_dir=tmp_path / "s"))
     events = [json.loads(line) for line in (tmp_path / "out" / "ev.jsonl").read_text().splitlines()]
     assert [e["properties"]["category"] for e in events] == ["exposed_garbage"]
