@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 
 import pytest
 
 from tests.conftest import REPO_ROOT, shared_path
 from tests.gpsd import running_gpsd
 from vehicle.drive import open_drive
-from vehicle.gps import load_track
+from vehicle.gps import GpsdReader, PoseTrack, load_track
 from vehicle.recorder import record
 
 pytestmark = pytest.mark.integration
@@ -24,6 +25,18 @@ def test_record_writes_a_replayable_drive(tmp_path):
         cfg.write_text(f'vehicle_id = "rec-1"\n[camera]\nsource = "{video}"\n'
                        f'calibration_file = "{REPO_ROOT / "calibration" / "gopro-max-walk.toml"}"\n'
                        f"[gps]\ngpsd_port = {gpsd.port}\n")
+        # The file source is read as fast as it decodes (a second or two): wait until gpsd serves fixes, or a
+        # loaded machine ends the recording before gpsfake has fed gpsd anything.
+        probe = PoseTrack(max_fix_age_s=3.0)
+        reader = GpsdReader(probe, port=gpsd.port, poll_s=0.05)
+        reader.start()
+        try:
+            deadline = time.monotonic() + 30
+            while probe.latest is None:
+                assert time.monotonic() < deadline, "gpsfake never served a fix"
+                time.sleep(0.05)
+        finally:
+            reader.stop()
         out = tmp_path / "drive"
         assert record(cfg, out, duration_s=0.0, segment_s=1.0, fps=30.0) == 0
     drive = open_drive(out)
