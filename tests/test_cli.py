@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import shared_path
-from tests.drives import gopro_drive
+from tests.drives import gopro_drive, without_video
 from tests.integration.test_crash import crafted_detections, open_state_readonly
 from vehicle.app import ReplayOptions, replay
 
@@ -313,11 +313,7 @@ def test_cached_detections_out_of_time_order_are_refused(tmp_path: Path, filled_
 def test_cached_detections_going_back_in_time_are_refused(tmp_path: Path, filled_state) -> None:
     """Without video the file's own times count: one that goes backwards would break resuming, so it stops."""
     drive, cfg, detections, _ = filled_state
-    bare = tmp_path / "bare-drive"
-    shutil.copytree(drive, bare)
-    m = json.loads((bare / "manifest.json").read_text())
-    m["video"] = []
-    (bare / "manifest.json").write_text(json.dumps(m))
+    bare = without_video(drive, tmp_path / "bare-drive")
     lines = detections.read_text().splitlines()
     frames = [json.loads(line) for line in lines[1:]]
     frames[101]["time_utc"], frames[100]["time_utc"] = frames[100]["time_utc"], frames[101]["time_utc"]
@@ -396,12 +392,7 @@ def test_a_drive_of_detections_alone_replays_at_its_pace_and_stops_promptly(tmp_
     """--realtime paces cached detections when the drive has no video (a 10.5 s walk takes about 10 s), and a
     SIGTERM ends it within a fraction of a second, not after a thread's join timeout."""
     drive, cfg, detections, _ = filled_state
-    bare = tmp_path / "bare-drive"
-    shutil.copytree(drive, bare)
-    m = json.loads((bare / "manifest.json").read_text())
-    m["video"] = []
-    (bare / "manifest.json").write_text(json.dumps(m))
-    shutil.rmtree(bare / "video")
+    bare = without_video(drive, tmp_path / "bare-drive")
     state = tmp_path / "state"
     env = dict(os.environ, YOLO_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "vehicle.cli", "replay", str(bare), "--config", str(cfg),
