@@ -214,7 +214,7 @@ def train(profile_name: str, name: str | None = None, data: Path = DEFAULT_DATA,
     freeze = int(getattr(model.model, "yaml", {}).get("freeze", 0))  # the model yaml says which layers stay frozen
     model.train(
         data=str(data), project=str(runs_dir.resolve()), name=name, exist_ok=True, pretrained=start, freeze=freeze,
-        amp=False,  # the AMP check downloads yolo11n.pt
+        amp=False,  # off: ultralytics' AMP check would download yolo11n.pt; with it off nothing is fetched
         plots=False,  # plotting fetches a font
         patience=0, seed=0, deterministic=False, verbose=True, **args)
     return run

@@ -93,8 +93,7 @@ def _detectors(
     cfg: Config, base: Path, data_dir: Path, taxonomy: Taxonomy
 ) -> tuple[ModelStage, ModelRef, ModelRef | None, list[str]]:
     """The detection stage, the model reference of each model (its events name the one that saw them), coverage."""
-    _check_class_maps(cfg, taxonomy)
-    d = cfg.detector
+    d = cfg.detector  # class maps are checked by the callers' config validation (replay, run), before this
     detector = _load_model("detector", d, base, data_dir)
     class_map = {n: d.class_map.get(n, n) for n in detector.names}
     class_map = {k: v for k, v in class_map.items() if taxonomy.get(v) is not None}
