@@ -275,7 +275,6 @@ class OnnxDetector:
         except (ValueError, TypeError, KeyError) as exc:
             raise ModelError(f"{self.model_file}: {exc}") from None
         self.keep_aspect = meta.get("preprocess", "letterbox") != "resize"
-        self.source_weights_sha256 = meta.get("source_weights_sha256")  # the .pt it was exported from
         # Classes the model was actually trained on (our export writes it); the rest exist but never fire.
         covered = meta.get("trained_categories") or meta.get("covered")
         self.covered: list[str] | None = _parse_names(covered, 0) if covered else None
@@ -360,12 +359,15 @@ class UltralyticsDetector:
         naming this file's SHA-256); None (every class) with a warning when there is no such export."""
         onnx_file = self.model_file.with_suffix(".onnx")
         if onnx_file.is_file():
-            try:
-                exported = OnnxDetector(onnx_file, providers=["cpu"])
-            except ModelError:
-                exported = None
-            if exported is not None and exported.source_weights_sha256 == self.sha256:
-                return exported.covered
+            try:  # its metadata only: onnx comes with the train extra, as ultralytics does
+                import onnx
+
+                meta = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
+                if meta.get("source_weights_sha256") == self.sha256:
+                    covered = meta.get("trained_categories") or meta.get("covered")
+                    return _parse_names(covered, 0) if covered else None
+            except Exception:  # an unreadable export tells nothing: fall through to the warning
+                pass
         log.warning("%s: no ONNX export of these weights beside it: cannot tell which categories it was trained "
                     "on; counting all %d classes as covered", self.model_file, len(self.names))
         return None
