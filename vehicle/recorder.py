@@ -1,9 +1,13 @@
 """`patrol record`: write a drive folder from the live camera and gpsd, for replay later.
 
-Video goes into segments (``video/NNNNNN.mp4``) with a ``frame,utc`` CSV beside each (the capture time of
+Video goes into segments (``video/NNNNNN.mkv``) with a ``frame,utc`` CSV beside each (the capture time of
 every frame, from the GNSS-disciplined clock); fixes go into ``gps.json`` as gpsd JSON (TPV + SKY), which
-`vehicle.gps.read_gpsd_json` reads back. The calibration in use is copied in; ``manifest.json`` is rewritten
-after every segment so a drive cut short by power loss is still replayable up to its last full segment.
+`vehicle.gps.read_gpsd_json` reads back. The calibration in use is copied in.
+
+A power cut must not cost the segment being written. Matroska is written as a stream of clusters, so a file
+that was never closed reads back up to its last complete cluster (an MP4 is unreadable until its index is
+written at close); ``manifest.json`` lists each segment as soon as it starts, and the CSV and GPS log are
+flushed as they are written. A cut loses the last few seconds, not the segment.
 """
 
 from __future__ import annotations
@@ -97,18 +101,23 @@ def record(config_file: Path, out_dir: Path, duration_s: float = 0.0, segment_s:
                 if writer is not None:
                     writer.release()
                     times.close()
-                    write_manifest(out_dir, segments, "gps.json", "calibration.toml", cfg.vehicle_id, "patrol record")
                 name = f"video/{len(segments):06d}"
-                writer = cv2.VideoWriter(str(out_dir / f"{name}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), rate,
+                writer = cv2.VideoWriter(str(out_dir / f"{name}.mkv"), cv2.VideoWriter_fourcc(*"mp4v"), rate,
                                          frame.size_wh)
+                if not writer.isOpened():
+                    raise DriveError(f"{out_dir / name}.mkv: OpenCV cannot write Matroska video here (it needs "
+                                     "OpenCV's FFmpeg backend)")
                 times = open(out_dir / f"{name}.csv", "w", encoding="utf-8")
                 times.write("frame,utc\n")
-                segments.append({"file": f"{name}.mp4", "start_utc": utc_iso(frame.time_utc),
+                segments.append({"file": f"{name}.mkv", "start_utc": utc_iso(frame.time_utc),
                                  "frame_times": f"{name}.csv"})
+                # listed before its first frame, so a drive cut short still names the segment it was writing
+                write_manifest(out_dir, segments, "gps.json", "calibration.toml", cfg.vehicle_id, "patrol record")
                 seg_started = time.monotonic()
                 seg_frame = 0
             writer.write(frame.image)
             times.write(f"{seg_frame},{utc_iso(frame.time_utc)}\n")
+            times.flush()  # the frame's time must be on disk no later than the frame (one write a frame)
             seg_frame += 1
             frames += 1
     finally:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -53,3 +56,46 @@ def test_record_writes_a_replayable_drive(tmp_path):
     first = track.latest
     assert first is not None and 33.12 < first.lat_deg < 33.13 and -117.33 < first.lon_deg < -117.32
     assert (out / "calibration.toml").read_text() == (REPO_ROOT / "calibration" / "gopro-max-walk.toml").read_text()
+
+
+# The child records the real video through `record`, then cuts its own power (SIGKILL) at frame 200, with the
+# segment open: the camera is the one part replaced (a file source would end by itself, a live one cannot run here).
+_POWER_CUT = """
+import os, signal, sys
+from pathlib import Path
+import vehicle.recorder as recorder
+from vehicle.frames import VideoFileSource
+
+def camera(spec, start_utc, *args, **kwargs):
+    for frame in VideoFileSource(Path(spec), start_utc):
+        if frame.index == 200:
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield frame
+
+recorder.open_source = camera
+recorder.record(Path(sys.argv[1]), Path(sys.argv[2]), segment_s=3600.0, fps=30.0)
+"""
+
+
+def test_a_power_cut_keeps_the_segment_being_written(tmp_path):
+    video = shared_path("drives", "gopro-max-walk", "video.mp4")
+    log = shared_path("drives", "gopro-max-walk", "gps.nmea")
+    with running_gpsd(log, tmp_path / "gpsd", cycle_s=0.01) as gpsd:
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f'vehicle_id = "rec-2"\n[camera]\nsource = "{video}"\n'
+                       f'calibration_file = "{REPO_ROOT / "calibration" / "gopro-max-walk.toml"}"\n'
+                       f"[gps]\ngpsd_port = {gpsd.port}\n")
+        out = tmp_path / "drive"
+        done = subprocess.run([sys.executable, "-c", _POWER_CUT, str(cfg), str(out)], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert [s["file"] for s in m["video"]] == ["video/000000.mkv"]  # listed before it was finished
+    rows = (out / "video" / "000000.csv").read_text().splitlines()
+    assert rows[0] == "frame,utc" and len(rows) - 1 == 200  # every frame's time, flushed as written
+    frames = list(open_drive(out).frames())
+    # The file was never closed: what reads back is all but the muxer's last unwritten cluster (an MP4 here
+    # reads back nothing at all).
+    assert 100 <= len(frames) <= 200, len(frames)
+    assert [f.index for f in frames] == list(range(len(frames)))
+    assert all(b.time_utc > a.time_utc for a, b in itertools.pairwise(frames))
