@@ -140,7 +140,48 @@ def test_record_without_gpsd_keeps_the_video_but_fails(tmp_path: Path) -> None:
     res = patrol("record", "--config", str(cfg), "--out", str(tmp_path / "drive"))
     assert_one_error_line(res, 1, "gps.json: no GPS report was recorded", f"127.0.0.1:{port} never answered")
     assert "38 frames in 1 segment(s)" in res.stdout
-    assert (tmp_path / "drive" / "video" / "000000.mp4").stat().st_size > 0
+    assert (tmp_path / "drive" / "video" / "000000.mkv").stat().st_size > 0
+
+
+def _record_from_an_absent_camera(tmp_path: Path, *extra: str) -> subprocess.Popen:
+    cfg = tmp_path / "patrol.toml"
+    cfg.write_text('[camera]\nsource = "/dev/video99"\nwatchdog_timeout_s = 1\n')  # no such device here
+    env = dict(os.environ, YOLO_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
+    return subprocess.Popen([sys.executable, "-m", "vehicle.cli", "record", "--config", str(cfg), "--out",
+                             str(tmp_path / "drive"), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=REPO_ROOT)
+
+
+def test_record_ends_on_time_and_says_so_when_the_camera_never_opens(tmp_path: Path) -> None:
+    proc = _record_from_an_absent_camera(tmp_path, "--duration-s", "2")
+    out, err = proc.communicate(timeout=60)  # it used to retry the camera for ever, deaf to --duration-s
+    res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    assert_one_error_line(res, 1, "camera.source: /dev/video99: no frame was recorded")
+    assert "0 frames in 0 segment(s)" in out
+    assert "cannot open" in err  # the retries were logged, as warnings
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_record_stops_on_a_signal_while_the_camera_is_unavailable(tmp_path: Path, sig: int) -> None:
+    proc = _record_from_an_absent_camera(tmp_path)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "drive" / "gps.json").exists():  # started: the drive folder is being written
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - t0 < 10, "the signal did not end the recording promptly"
+    assert proc.returncode == 1 and "no frame was recorded" in err, err
+
+
+def test_record_refuses_a_gps_log_as_its_source(tmp_path: Path) -> None:
+    cfg = tmp_path / "patrol.toml"
+    cfg.write_text('[camera]\nsource = "/dev/video99"\n[gps]\nsource = "gps.nmea"\n')
+    res = patrol("record", "--config", str(cfg), "--out", str(tmp_path / "drive"))
+    assert_one_error_line(res, 2, "gps.source", "gpsd")
+    assert not (tmp_path / "drive").exists()
 
 
 def test_run_with_a_missing_config_file_exits_2(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from vehicle.arguments import one_line, seconds
 os.environ.setdefault("YOLO_OFFLINE", "1")  # never let ultralytics (training extras) reach for the network
 # FFmpeg's own stderr chatter would break the one-line error contract; decode problems are counted instead.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # its "[ WARN ] cannot open camera": we log our own line
 
 EXIT_INPUT = 1
 EXIT_CONFIG = 2

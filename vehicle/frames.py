@@ -304,6 +304,11 @@ class LiveSource:
                 self.counters.frames += 1
                 yield frame
 
+    def request_stop(self) -> None:
+        """Make iteration end within a second, even while the camera cannot be opened (safe in a signal
+        handler: it only sets an event); `close` then joins the capture thread."""
+        self._stop.set()
+
     def close(self) -> None:
         """Stop the capture thread."""
         self._stop.set()

@@ -65,6 +65,9 @@ def record(config_file: Path, out_dir: Path, duration_s: float = 0.0, segment_s:
     if not is_live_spec(source_spec) and not Path(source_spec).exists():  # as `patrol run` checks it
         raise ConfigError(f"{config_file}: camera.source: {cfg.camera.source} not found (not a file, folder, "
                           "device, URL or pipeline)")
+    if cfg.gps.source != "gpsd":
+        raise ConfigError(f"{config_file}: gps.source: `patrol record` logs fixes from gpsd; set it to \"gpsd\" "
+                          f"(not {cfg.gps.source})")
     calibration = resolve_path(cfg.camera.calibration_file, base)
     if not calibration.is_file():
         raise ConfigError(f"{config_file}: camera.calibration_file: {calibration} not found")
@@ -73,8 +76,6 @@ def record(config_file: Path, out_dir: Path, duration_s: float = 0.0, segment_s:
     (out_dir / "video").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(calibration, out_dir / "calibration.toml")
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     gps_out = open(out_dir / "gps.json", "w", encoding="utf-8")
     clock = GnssClock()
     track = _LoggingTrack(gps_out, max_fix_age_s=cfg.gps.max_fix_age_s)
@@ -87,16 +88,35 @@ def record(config_file: Path, out_dir: Path, duration_s: float = 0.0, segment_s:
 
     source = open_source(source_spec, time.time(), cfg.camera.stills_interval_s, utc_now=utc_now,
                          watchdog_timeout_s=cfg.camera.watchdog_timeout_s, max_fps=cfg.camera.max_fps)
+
+    def halt(*_: object) -> None:
+        # A live camera that cannot be opened (or stalls) yields no frames, so the frame loop alone would never
+        # see the stop: end the source's iteration too.
+        stop.set()
+        if isinstance(source, LiveSource):
+            source.request_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, halt)
+    timer = threading.Timer(duration_s, halt) if duration_s > 0 else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
     rate = fps or cfg.camera.max_fps or 15.0
     segments: list[dict] = []
     writer = times = None
     seg_started = 0.0
     t_end = time.monotonic() + duration_s if duration_s > 0 else float("inf")
     frames = 0
+    started, gps_warned = time.monotonic(), False
     try:
         for frame in source:
             if stop.is_set() or time.monotonic() >= t_end:
                 break
+            if not gps_warned and track.latest is None and time.monotonic() - started > 10.0:
+                gps_warned = True  # said now, not only when the drive is over and cannot be replayed
+                log.warning("gps: no report from gpsd at %s:%d after 10 s; the video so far has no positions",
+                            cfg.gps.gpsd_host, cfg.gps.gpsd_port)
             if writer is None or time.monotonic() - seg_started >= segment_s:
                 if writer is not None:
                     writer.release()
@@ -121,6 +141,8 @@ def record(config_file: Path, out_dir: Path, duration_s: float = 0.0, segment_s:
             seg_frame += 1
             frames += 1
     finally:
+        if timer is not None:
+            timer.cancel()
         if writer is not None:
             writer.release()
             times.close()
@@ -130,6 +152,10 @@ def record(config_file: Path, out_dir: Path, duration_s: float = 0.0, segment_s:
         gps_out.close()
         write_manifest(out_dir, segments, "gps.json", "calibration.toml", cfg.vehicle_id, "patrol record")
     print(f"record: {frames} frames in {len(segments)} segment(s) -> {out_dir}", flush=True)
+    if frames == 0:
+        print(f"patrol: error: {config_file}: camera.source: {cfg.camera.source}: no frame was recorded (the camera "
+              "never delivered one)", file=sys.stderr, flush=True)
+        return 1
     if (out_dir / "gps.json").stat().st_size == 0:
         # the video is kept, but without a GPS log the drive cannot be replayed: say so, and not with exit 0
         print(f"patrol: error: {out_dir / 'gps.json'}: no GPS report was recorded (gpsd at "
