@@ -396,6 +396,32 @@ def test_cli_export_writes_geojson_and_csv(tmp_path: Path, capsys: pytest.Captur
     assert len(err) == 1 and "a-file" in err[0] and "cannot write" in err[0]
 
 
+def test_cli_export_never_overwrites_the_database_or_one_output_with_the_other(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "c.sqlite3"
+    with CentreStore(db) as s:
+        s.add_event(make_event("car-1", "a", "piled_materials", LAT0, LON0), topic="t")
+    before = db.read_bytes()
+    link = tmp_path / "link.csv"
+    link.symlink_to(db)
+    other_db = tmp_path / "other.sqlite3"
+    other_db.write_bytes(before)
+    cases = tmp_path / "cases.out"
+    for args, why in (
+        (["--csv", str(db)], "is the database being exported"),
+        (["--geojson", str(tmp_path / "." / "c.sqlite3")], "is the database being exported"),
+        (["--csv", str(link)], "is the database being exported"),  # another name for the same file
+        (["--csv", str(other_db)], "is an SQLite database"),
+        (["--geojson", str(cases), "--csv", str(cases)], "name the same file"),
+    ):
+        assert main(["export", "--db", str(db), *args]) == 1, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and why in err[0], (args, err)
+    assert db.read_bytes() == before and other_db.read_bytes() == before and not cases.exists()
+    with CentreStore(db) as s:
+        assert len(s.cases()) == 1  # every accepted case is still there
+
+
 def test_parser_registers_centre_and_export() -> None:
     import argparse
 

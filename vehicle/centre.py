@@ -386,6 +386,24 @@ def _is_centre_sqlite(path: Path) -> bool:
         return False
 
 
+def _refused_outputs(db: str, *outputs: str | None) -> str | None:
+    """Why these export outputs must not be written, or None: an export never overwrites the database it reads
+    (nor any other SQLite file), and two outputs are never one file."""
+    files = [Path(o) for o in outputs if o and o != "-"]
+    db_path = Path(db) if db and not is_postgres_dsn(db) else None
+    for i, f in enumerate(files):
+        for other in files[:i]:
+            if f.resolve() == other.resolve() or (f.exists() and other.exists() and f.samefile(other)):
+                return f"{f}: --geojson and --csv name the same file"
+        if db_path is not None and (f.resolve() == db_path.resolve() or (f.exists() and f.samefile(db_path))):
+            return f"{f}: is the database being exported (--db); choose another output file"
+        if f.is_file():
+            with open(f, "rb") as fh:
+                if fh.read(16) == b"SQLite format 3\x00":
+                    return f"{f}: is an SQLite database; an export will not overwrite it"
+    return None
+
+
 def _write_out(dest: str, text: str) -> None:
     if dest == "-":
         sys.stdout.write(text)
@@ -407,6 +425,10 @@ def run_centre(args: argparse.Namespace) -> int:
             return 1
         if db and not is_postgres_dsn(db) and not _is_centre_sqlite(Path(db)):  # export never writes to it
             print(f"patrol centre export: {db}: not a patrol centre database (its tables differ)", file=sys.stderr)
+            return 1
+        refused = _refused_outputs(db, args.geojson, args.csv)
+        if refused:
+            print(f"patrol centre export: {refused}", file=sys.stderr)
             return 1
         try:
             with _open_store(args) as store:
