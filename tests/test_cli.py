@@ -243,6 +243,23 @@ def test_unreadable_video_is_one_line_and_keeps_the_outbox(tmp_path: Path, fille
     assert outbox_rows(state) == before
 
 
+@pytest.mark.parametrize("cached", [True, False])
+def test_an_unreadable_video_stops_a_replay_before_it_commits_or_creates_anything(
+        tmp_path: Path, filled_state, cached: bool) -> None:
+    drive, cfg, detections, _ = filled_state
+    bad = bad_drive(tmp_path, drive, "junk-video")
+    state, out = tmp_path / "new-state", tmp_path / "events.jsonl"
+    extra = ["--detections", str(detections)] if cached else []
+    if not cached:  # the shipped model, to get as far as the video
+        cfg = tmp_path / "with-model.toml"
+        model = REPO_ROOT / "models" / "patrol-detector.onnx"
+        cfg.write_text(f'[mqtt]\nenabled = false\n[detector]\nmodel_file = "{model}"\n')
+    res = patrol("replay", str(bad), "--config", str(cfg), "--state", str(state), "--out", str(out), *extra)
+    assert_one_error_line(res, 1, str(bad / "video" / "000000.mp4"), "cannot open video")
+    # With cached detections the video only gives the photos: it used to be opened after every event was committed.
+    assert not state.exists() and (not out.exists() or out.read_text() == "")
+
+
 def test_gps_log_without_a_fix_is_one_line_and_keeps_the_outbox(tmp_path: Path, filled_state) -> None:
     drive, cfg, detections, state = filled_state
     before = outbox_rows(state)

@@ -79,11 +79,21 @@ class Drive:
         return self._video_frames(counters)
 
     def _video_frames(self, counters: SourceCounters | None) -> Iterator[Frame]:
-        next_index = 0
+        # Every segment is opened (and its first frame decoded) now, not when the replay reaches it: an unreadable
+        # file fails the replay before it commits anything (with cached detections, hours of events would
+        # otherwise be committed without photos first).
+        sources = []
         for seg in self.segments:
             times = None if seg.frame_times_utc is None else [t + self.time_offset_s for t in seg.frame_times_utc]
-            src = VideoFileSource(seg.file, seg.start_utc + self.time_offset_s, first_index=next_index,
-                                  counters=counters, frame_times_utc=times)
+            sources.append(VideoFileSource(seg.file, seg.start_utc + self.time_offset_s, counters=counters,
+                                           frame_times_utc=times))
+        return self._numbered(sources)
+
+    @staticmethod
+    def _numbered(sources: list[VideoFileSource]) -> Iterator[Frame]:
+        next_index = 0
+        for src in sources:
+            src.first_index = next_index
             last = next_index - 1
             for frame in src:
                 last = frame.index

@@ -6,8 +6,8 @@ every frame, from the GNSS-disciplined clock); fixes go into ``gps.json`` as gps
 
 A power cut must not cost the segment being written. Matroska is written as a stream of clusters, so a file
 that was never closed reads back up to its last complete cluster (an MP4 is unreadable until its index is
-written at close); ``manifest.json`` lists each segment as soon as it starts, and the CSV and GPS log are
-flushed as they are written. A cut loses the last few seconds, not the segment.
+written at close); ``manifest.json`` lists each segment once it holds two seconds of frames, and the CSV and
+GPS log are flushed as they are written. A cut loses the last few seconds, not the segment.
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ def record(config_file: Path, out_dir: Path, duration_s: float = 0.0, segment_s:
         timer.daemon = True
         timer.start()
     rate = fps or cfg.camera.max_fps or 15.0
+    list_after_frames = max(1, round(2.0 * rate))
     segments: list[dict] = []
     writer = times = None
     seg_started = 0.0
@@ -131,14 +132,17 @@ def record(config_file: Path, out_dir: Path, duration_s: float = 0.0, segment_s:
                 times.write("frame,utc\n")
                 segments.append({"file": f"{name}.mkv", "start_utc": utc_iso(frame.time_utc),
                                  "frame_times": f"{name}.csv"})
-                # listed before its first frame, so a drive cut short still names the segment it was writing
-                write_manifest(out_dir, segments, "gps.json", "calibration.toml", cfg.vehicle_id, "patrol record")
                 seg_started = time.monotonic()
                 seg_frame = 0
             writer.write(frame.image)
             times.write(f"{seg_frame},{utc_iso(frame.time_utc)}\n")
             times.flush()  # the frame's time must be on disk no later than the frame (one write a frame)
             seg_frame += 1
+            if seg_frame == list_after_frames:
+                # Listed once it holds two seconds of frames, so a drive cut short names the segment it was
+                # writing; not before, as a file cut in its first second may hold no readable frame at all, and
+                # a listed file that cannot be read fails the whole replay.
+                write_manifest(out_dir, segments, "gps.json", "calibration.toml", cfg.vehicle_id, "patrol record")
             frames += 1
     finally:
         if timer is not None:
