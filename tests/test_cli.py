@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import shared_path
+from tests.conftest import converted_coco_model, shared_path
 from tests.drives import gopro_drive, without_video
 from tests.integration.test_crash import crafted_detections, open_state_readonly
 from vehicle.app import ReplayOptions, replay
@@ -89,6 +89,7 @@ def test_check_config_names_a_missing_model_file(tmp_path: Path) -> None:
     ('[camera]\nsource = "/dev/video0"\n[detector.class_map]\nfoo = "bar"\n', "detector.class_map.foo"),
     ('[camera]\nsource = "/dev/video0"\ncalibration_file = "nope.toml"\n', "camera.calibration_file"),
     ('[camera]\nsource = "/dev/video0"\n[gps]\nsource = "nope.nmea"\n', "gps.source"),
+    ('[camera]\nsource = "/dev/video0"\n[gps]\nsource = "patrol.toml"\n', "no usable NMEA sentence"),  # not a GPS log
     ('[camera]\nsource = "/dev/video0"\n[mqtt]\nusername = "car"\npassword = "${PATROL_TEST_UNSET_VAR}"\n',
      "mqtt.password"),
     ('[camera]\nsource = "/dev/video0"\n[mqtt.tls]\nenabled = true\nca_file = "nope.pem"\n', "mqtt.tls.ca_file"),
@@ -214,6 +215,14 @@ def outbox_rows(state: Path) -> list[tuple]:
         conn.close()
 
 
+def model_config(tmp: Path) -> Path:
+    """A replay config with the shipped model and no broker."""
+    cfg = tmp / "with-model.toml"
+    model = REPO_ROOT / "models" / "patrol-detector.onnx"
+    cfg.write_text(f'[mqtt]\nenabled = false\n[detector]\nmodel_file = "{model}"\n')
+    return cfg
+
+
 def bad_drive(tmp: Path, drive: Path, what: str) -> Path:
     out = tmp / f"drive-{what}"
     shutil.copytree(drive, out)
@@ -251,13 +260,39 @@ def test_an_unreadable_video_stops_a_replay_before_it_commits_or_creates_anythin
     state, out = tmp_path / "new-state", tmp_path / "events.jsonl"
     extra = ["--detections", str(detections)] if cached else []
     if not cached:  # the shipped model, to get as far as the video
-        cfg = tmp_path / "with-model.toml"
-        model = REPO_ROOT / "models" / "patrol-detector.onnx"
-        cfg.write_text(f'[mqtt]\nenabled = false\n[detector]\nmodel_file = "{model}"\n')
+        cfg = model_config(tmp_path)
     res = patrol("replay", str(bad), "--config", str(cfg), "--state", str(state), "--out", str(out), *extra)
     assert_one_error_line(res, 1, str(bad / "video" / "000000.mp4"), "cannot open video")
     # With cached detections the video only gives the photos: it used to be opened after every event was committed.
     assert not state.exists() and (not out.exists() or out.read_text() == "")
+
+
+def test_replay_refuses_outputs_that_would_destroy_an_input_or_each_other(tmp_path: Path, filled_state) -> None:
+    drive, cfg, detections, _ = filled_state
+    cached = tmp_path / "cached.jsonl"
+    shutil.copyfile(detections, cached)
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"event_id": "kept"}\n')  # an earlier run's events
+    before = cached.read_bytes()
+    with_model = model_config(tmp_path)  # --save-detections runs the model
+    for config, args, why in (
+        (cfg, ["--detections", str(cached), "--out", str(cached)], "--out is also --detections"),
+        (cfg, ["--detections", str(cached), "--out", str(drive / "gps.nmea")], "--out is also the drive's GPS log"),
+        (with_model, ["--out", str(events), "--save-detections", str(tmp_path / "." / "events.jsonl")],
+         "--save-detections is also --out"),
+        (with_model, ["--save-detections", str(drive / "calibration.toml")], "is also the drive's calibration"),
+        (with_model, ["--save-detections", str(events)], "not a detections file"),
+    ):
+        state = tmp_path / "state"
+        res = patrol("replay", str(drive), "--config", str(config), "--state", str(state), *args)
+        assert_one_error_line(res, 1, why)
+        assert not state.exists(), args  # refused before anything was created
+    other = tmp_path / "other-detections.jsonl"
+    shutil.copyfile(detections, other)
+    res = patrol("replay", str(drive), "--config", str(cfg), "--detections", str(cached), "--out", str(other))
+    assert_one_error_line(res, 1, "is a detections file; events will not be appended")
+    assert cached.read_bytes() == before and other.read_bytes() == before
+    assert events.read_text() == '{"event_id": "kept"}\n'
 
 
 def test_gps_log_without_a_fix_is_one_line_and_keeps_the_outbox(tmp_path: Path, filled_state) -> None:
@@ -472,6 +507,7 @@ def test_a_drive_of_detections_alone_replays_at_its_pace_and_stops_promptly(tmp_
 def test_check_config_checks_a_replay_config_without_camera_or_gps() -> None:
     if not (REPO_ROOT / "models" / "patrol-detector.onnx").is_file():
         pytest.skip("the shipped model is missing")
+    converted_coco_model()  # the sample's object detector (made by the demo, or here when run alone)
     sample = REPO_ROOT / "scripts" / "sample" / "gopro-walk.toml"  # the demo's: no camera, the drive's GPS
     assert_one_error_line(patrol("check-config", str(sample)), 2, "camera.source: required", "--replay")
     ok = patrol("check-config", "--replay", str(sample))

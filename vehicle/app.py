@@ -26,7 +26,7 @@ from typing import IO
 from vehicle.categories import Taxonomy, TaxonomyError
 from vehicle.config import Config, ConfigError, DetectorConfig, ObjectDetectorConfig, load_config, resolve_path
 from vehicle.dedup import DedupConfigError, DedupIndex, policy_from_taxonomy
-from vehicle.detection_log import DetectionLogError, DetectionLogWriter, read_detection_log
+from vehicle.detection_log import DetectionLogError, DetectionLogWriter, is_detection_log, read_detection_log
 from vehicle.detector import ModelError, load_detector
 from vehicle.drive import Drive, DriveError, open_drive, utc_iso
 from vehicle.events import ModelRef, Status, StatusState, status_topic
@@ -294,6 +294,30 @@ def replay(opts: ReplayOptions) -> RunCounters:
         raise ConfigError(msg if msg.startswith(where) else f"{where}: {msg}") from None
 
 
+def _check_replay_files(opts: ReplayOptions, drive: Drive, events_file: Path | None) -> None:
+    """Refuse, before anything is written, outputs that would destroy an input or each other: an `OutputError`."""
+    inputs = [("--detections", opts.detections), ("the drive's GPS log", drive.gps_file),
+              ("the drive's calibration", drive.calibration_file)]
+    inputs += [("a video segment of the drive", seg.file) for seg in drive.segments]
+    outputs = [("--out", Path(opts.out) if opts.out and opts.out != "-" else None),
+               ("--save-detections", opts.save_detections), ("output.jsonl_file", events_file)]
+
+    def same(a: Path, b: Path) -> bool:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+
+    for i, (key, path) in enumerate(outputs):
+        if path is None:
+            continue
+        for other_key, other in inputs + outputs[:i]:
+            if other is not None and same(path, other):
+                raise OutputError(f"{path}: {key} is also {other_key}; choose another file")
+    out, saved = outputs[0][1] or outputs[2][1], opts.save_detections
+    if out is not None and out.is_file() and is_detection_log(out):  # events are appended: it would be spoilt
+        raise OutputError(f"{out}: is a detections file; events will not be appended to it")
+    if saved is not None and saved.is_file() and saved.stat().st_size and not is_detection_log(saved):
+        raise OutputError(f"{saved}: --save-detections: not a detections file; it will not be overwritten")
+
+
 def _replay(opts: ReplayOptions) -> RunCounters:
     drive: Drive = open_drive(opts.drive_dir)
     cfg, base = _load(opts.config_file)
@@ -336,6 +360,8 @@ def _replay(opts: ReplayOptions) -> RunCounters:
                 stage, ref, obj_ref, covered = _detectors(cfg, base, data_dir, taxonomy)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
+        events_file = resolve_path(cfg.output.jsonl_file, base) if cfg.output.jsonl_file and not opts.out else None
+        _check_replay_files(opts, drive, events_file)
         source_counters = SourceCounters()
         frames = drive.frames(source_counters, cfg.camera.stills_interval_s) if (drive.segments or drive.stills) \
             else None
@@ -574,8 +600,13 @@ def validate_service_config(cfg: Config, base: Path, config_file: Path, for_repl
             rules_from_config(cfg.rules, base, taxonomy)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-    if not for_replay and cfg.gps.source != "gpsd" and not resolve_path(cfg.gps.source, base).is_file():
-        raise ConfigError(f"{where}: gps.source: {cfg.gps.source} not found ('gpsd' or a log file)")
+    if not for_replay and cfg.gps.source != "gpsd":
+        if not resolve_path(cfg.gps.source, base).is_file():
+            raise ConfigError(f"{where}: gps.source: {cfg.gps.source} not found ('gpsd' or a log file)")
+        try:  # read as `patrol run` will: a file without one fix would only fail once the service starts
+            load_track(resolve_path(cfg.gps.source, base))
+        except GpsLogError as exc:
+            raise ConfigError(f"{where}: gps.source: {exc}") from None
     if cfg.mqtt.enabled:
         try:
             _broker_settings(cfg, base)

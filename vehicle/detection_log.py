@@ -100,6 +100,17 @@ class DetectionLogWriter:
         self._fh.close()
 
 
+def is_detection_log(path: str | Path) -> bool:
+    """Whether ``path`` is a file whose first line is a detections header (of any version)."""
+    try:
+        with open(path, "rb") as fh:
+            head = json.loads(fh.readline(1 << 16))
+        header = head.get("header") if isinstance(head, dict) else None
+        return isinstance(header, dict) and header.get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
+
+
 def read_detection_log(path: str | Path, categories: Collection[str] | None = None
                        ) -> tuple[dict, Iterator[FrameDetections]]:
     """The header's model reference and an iterator over the frames; `DetectionLogError` on bad lines.
