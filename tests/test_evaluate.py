@@ -135,6 +135,38 @@ def test_eval_detections_from_saved_predictions(tmp_path: Path):
     _self_contained((out / "report.html").read_text())
 
 
+@pytest.mark.parametrize(("line", "why"), [
+    ("0 0.5 0.5 2.0 0.1", "box width/height 2 0.1 not in (0, 1]"),
+    ("0 0.5 0.5 0 0.1", "box width/height 0 0.1 not in (0, 1]"),
+    ("0 0.9 0.5 0.4 0.1", "box centre 0.9 0.5 size 0.4 0.1 reaches outside the image"),
+    ("1.5 0.5 0.5 0.1 0.1", "class id 1.5 is not a non-negative integer"),
+    ("-1 0.5 0.5 0.1 0.1", "class id -1 is not a non-negative integer"),
+    ("0 nan 0.5 0.1 0.1", "not finite numbers"),
+])
+def test_eval_detections_refuses_labels_ultralytics_would_call_corrupt(tmp_path: Path, capsys, line: str, why: str):
+    images, labels, preds = tmp_path / "images", tmp_path / "labels", tmp_path / "preds"
+    for d in (images, labels, preds):
+        d.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.zeros((64, 64, 3), np.uint8))
+    (labels / "a.txt").write_text(_yolo_line(0, (10, 10, 20, 20), size=64) + "\n" + line + "\n")
+    (preds / "a.txt").write_text("")
+    rc = main(["eval", "detections", "--images", str(images), "--predictions", str(preds), "--out",
+               str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and f"a.txt:2: {why}" in err[0], err
+
+
+def test_eval_detections_refuses_names_that_do_not_fit_the_model(tmp_path: Path, capsys):
+    images = tmp_path / "data" / "images"
+    images.mkdir(parents=True)
+    cv2.imwrite(str(images / "x.jpg"), np.full((64, 64, 3), 90, np.uint8))
+    model = constant_yolo_model(tmp_path / "m.onnx", yolo_rows([(10, 10, 5, 5)], [[0.9, 0.0]]))
+    rc = main(["eval", "detections", "--images", str(images), "--model", str(model), "--names", "bag",
+               "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "the model has 2 classes but 1 names were given" in err[0], err
+
+
 def test_eval_detections_runs_an_onnx_model(tmp_path: Path):
     images = tmp_path / "data" / "images"
     labels = tmp_path / "data" / "labels"
@@ -170,13 +202,24 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path, sim_drive: Path, capsys)
             load_truth(bad)
     bad.write_text(json.dumps({"type": "FeatureCollection", "features": [
         {"type": "Feature", "geometry": {"type": "Point", "coordinates": [11.5, 48.1]},
-         "properties": {"category": "bin"}},
+         "properties": {"category": "overflowing_bin"}},
         {"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[0, 0], [1, 1]]},
-         "properties": {"category": "bin"}}]}))
+         "properties": {"category": "overflowing_bin"}}]}))
     rc = main(["eval", "events", str(sim_drive), "--truth", str(bad), "--out", str(tmp_path / "o"), "--no-progress"])
     assert rc == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "features[1]" in err[0]
+    # A category the taxonomy lacks (a typo) would score as a miss of every object of it: refused, naming it.
+    for geometry, category, why in (({"type": "Point", "coordinates": [11.5, 48.1]}, "unicorn",
+                                     "properties.category 'unicorn' is not a category of the taxonomy"),
+                                    ({"type": "Point", "coordinates": [11.5]}, "overflowing_bin",
+                                     "coordinates must be [lon, lat]")):
+        bad.write_text(json.dumps({"type": "FeatureCollection", "features": [
+            {"type": "Feature", "geometry": geometry, "properties": {"category": category}}]}))
+        rc = main(["eval", "events", str(sim_drive), "--truth", str(bad), "--out", str(tmp_path / "o"),
+                   "--no-progress"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 1 and len(err) == 1 and f"features[0]: {why}" in err[0], err
     events = tmp_path / "e.jsonl"
     events.write_text('{"type": "Feature"}\n')
     with pytest.raises(EvalError, match=r"e\.jsonl:1: not an event"):

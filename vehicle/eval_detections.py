@@ -8,6 +8,7 @@ score column (``cls cx cy w h score``, as ``yolo predict save_txt save_conf`` wr
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,23 @@ from vehicle.evaluate import EvalError, clean_json, write_json
 from vehicle.report import Progress
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def _check_yolo_row(row: list[float], where: str) -> list[float]:
+    """A label row as ultralytics accepts it: an integer class id, a box inside the image in normalised
+    coordinates (a little slack for rounding), and a score in [0, 1]."""
+    cls, cx, cy, w, h = row[:5]
+    if not all(math.isfinite(v) for v in row):
+        raise EvalError(f"{where}: not finite numbers")
+    if not (cls >= 0 and cls == int(cls)):
+        raise EvalError(f"{where}: class id {row[0]:g} is not a non-negative integer")
+    if not (0 < w <= 1.001 and 0 < h <= 1.001):
+        raise EvalError(f"{where}: box width/height {w:g} {h:g} not in (0, 1] (normalised to the image)")
+    if not (-0.001 <= cx - w / 2 and cx + w / 2 <= 1.001 and -0.001 <= cy - h / 2 and cy + h / 2 <= 1.001):
+        raise EvalError(f"{where}: box centre {cx:g} {cy:g} size {w:g} {h:g} reaches outside the image")
+    if len(row) == 6 and not 0 <= row[5] <= 1:
+        raise EvalError(f"{where}: score {row[5]:g} not in [0, 1]")
+    return row
 
 
 def _read_yolo_txt(path: Path, size_wh: tuple[int, int], with_score: bool) -> tuple[np.ndarray, ...]:
@@ -31,9 +49,10 @@ def _read_yolo_txt(path: Path, size_wh: tuple[int, int], with_score: bool) -> tu
                 fields = "cls cx cy w h" + (" score" if with_score else "")
                 raise EvalError(f"{path}:{lineno}: expected {want} numbers ({fields})")
             try:
-                rows.append([float(v) for v in parts[:want]])
+                row = [float(v) for v in parts[:want]]
             except ValueError:
                 raise EvalError(f"{path}:{lineno}: not numbers: {line.strip()!r}") from None
+            rows.append(_check_yolo_row(row, f"{path}:{lineno}"))
     a = np.array(rows, float).reshape(-1, 6 if with_score else 5)
     w, h = size_wh
     xyxy = np.column_stack([(a[:, 1] - a[:, 3] / 2) * w, (a[:, 2] - a[:, 4] / 2) * h,
@@ -85,6 +104,9 @@ def eval_detections(images_dir: Path, out_dir: Path, names: list[str] | None = N
         from vehicle.detector import OnnxDetector
 
         detector = OnnxDetector(model, score_threshold=0.001, iou_threshold=0.7, max_detections=300)
+        if names and len(names) != len(detector.names):  # every class id would be misnamed in the report
+            raise EvalError(f"{model}: the model has {len(detector.names)} classes but {len(names)} names were given "
+                            "(--names / --data)")
         names = names or list(detector.names)
     truth, preds = [], []
     bar = Progress("eval detections", len(files), progress)

@@ -23,6 +23,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,8 +52,9 @@ class EvalError(ValueError):
 # -- inputs ----------------------------------------------------------------------------------------------------
 
 
-def load_truth(path: str | Path) -> tuple[PointSet, list[dict]]:
-    """Real objects from a GeoJSON FeatureCollection of Points with a ``category`` property.
+def load_truth(path: str | Path, categories: Collection[str] | None = None) -> tuple[PointSet, list[dict]]:
+    """Real objects from a GeoJSON FeatureCollection of Points with a ``category`` property (one of
+    ``categories`` when given: a misspelt one would silently score as a miss).
 
     Returns:
         The points and the features as read (for the report's GeoJSON).
@@ -76,12 +78,17 @@ def load_truth(path: str | Path) -> tuple[PointSet, list[dict]]:
                 raise ValueError("properties must be an object")
             if geom.get("type") != "Point":
                 raise ValueError(f"geometry type {geom.get('type')!r}, expected Point")
-            x, y = (float(v) for v in geom["coordinates"][:2])
+            coords = geom.get("coordinates")
+            if not isinstance(coords, list) or len(coords) < 2:
+                raise ValueError("coordinates must be [lon, lat]")
+            x, y = float(coords[0]), float(coords[1])
             if not (-180 <= x <= 180 and -90 <= y <= 90):
                 raise ValueError(f"coordinates {x}, {y} are not [lon, lat] degrees")
             cat = props.get("category")
             if not isinstance(cat, str) or not cat:
                 raise ValueError("properties.category must be a non-empty string")
+            if categories is not None and cat not in categories:
+                raise ValueError(f"properties.category {cat!r} is not a category of the taxonomy")
         except (KeyError, TypeError, ValueError) as exc:
             raise EvalError(f"{p}: features[{i}]: {exc}") from None
         ids.append(str(f.get("id", props.get("object_id", f"truth-{i}"))))
@@ -312,6 +319,20 @@ def clean_json(obj: object) -> object:
     return obj
 
 
+def _taxonomy_names(config: Path | None) -> list[str] | None:
+    """The category names the (first) run's config uses; None when the config cannot be read (the replay then
+    reports that, naming the key)."""
+    from vehicle.categories import Taxonomy, TaxonomyError
+    from vehicle.config import Config, ConfigError, load_config, resolve_path
+
+    try:
+        cfg = load_config(config) if config is not None else Config()
+        base = config.resolve().parent if config is not None else Path.cwd()
+        return list(Taxonomy.load(resolve_path(cfg.detector.categories_file, base)).names)
+    except (ConfigError, TaxonomyError, OSError):
+        return None
+
+
 def eval_events(drive_dir: Path, truth_file: Path, out_dir: Path, runs: list[tuple[str, Path | None, Path | None]],
                 events_files: list[Path] | None = None, radius_m: float = DEFAULT_MATCH_RADIUS_M,
                 near_m: float = DEFAULT_NEAR_M, progress: bool = True) -> dict:
@@ -333,7 +354,7 @@ def eval_events(drive_dir: Path, truth_file: Path, out_dir: Path, runs: list[tup
     drive = open_drive(drive_dir)
     if drive.gps_file is None:
         raise EvalError(f"{drive_dir}: the drive has no GPS log")
-    truth, truth_features = load_truth(truth_file)
+    truth, truth_features = load_truth(truth_file, _taxonomy_names(runs[0][1] if runs else None))
     track = load_track_log(drive.gps_file)
     out_dir.mkdir(parents=True, exist_ok=True)
     evals = []
