@@ -94,13 +94,21 @@ def test_values_the_pipeline_cannot_trust_are_bad_lines(tmp_path, line: str, why
 
 @pytest.mark.parametrize("header", ['{"header": "x"}', '{"header": []}',
                                     '{"header": {"format": "patrol-detections", "model": "abc"}}',
-                                    '{"header": {"format": "patrol-detections", "model": {"covered": 5}}}',
-                                    '{"header": {"format": "patrol-detections", "version": 2, "model": {}}}'])
+                                    '{"header": {"format": "patrol-detections", "model": {"covered": 5}}}'])
 def test_a_malformed_header_is_named(tmp_path, header: str) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text(header + "\n")
     with pytest.raises(DetectionLogError, match=r"d\.jsonl:1: not a patrol-detections header line"):
         read_detection_log(path)
+
+
+def test_another_version_and_a_folder_are_named_as_such(tmp_path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"header": {"format": "patrol-detections", "version": 2, "model": {}}}\n')
+    with pytest.raises(DetectionLogError, match=r"d\.jsonl:1: patrol-detections version 2: this patrol reads"):
+        read_detection_log(path)
+    with pytest.raises(DetectionLogError, match=r": is a folder, not a detections file"):
+        read_detection_log(tmp_path)
 
 
 def test_bytes_that_are_not_utf8_are_named(tmp_path) -> None:

@@ -136,3 +136,12 @@ def test_not_a_drive(tmp_path):
         open_drive(tmp_path)
     with pytest.raises(DriveError, match="not found"):
         open_drive(tmp_path / "nowhere")
+
+
+def test_a_file_given_as_the_drive_is_named_as_not_a_folder(tmp_path) -> None:
+    f = tmp_path / "README.md"
+    f.write_text("x")
+    with pytest.raises(DriveError, match=r"README\.md: not a folder \(a drive is a folder with a manifest\.json\)"):
+        open_drive(f)
+    with pytest.raises(DriveError, match=r"nope: drive folder not found"):
+        open_drive(tmp_path / "nope")

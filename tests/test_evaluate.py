@@ -209,6 +209,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path, sim_drive: Path, capsys)
     assert rc == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "features[1]" in err[0]
+    rc = main(["eval", "events", str(sim_drive), "--truth", str(sim_drive / "truth.geojson"), "--out", str(bad),
+               "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err == [f"patrol: error: {bad}: --out is a file; the report needs a folder"]
     # A category the taxonomy lacks (a typo) would score as a miss of every object of it: refused, naming it.
     for geometry, category, why in (({"type": "Point", "coordinates": [11.5, 48.1]}, "unicorn",
                                      "properties.category 'unicorn' is not a category of the taxonomy"),

@@ -121,12 +121,17 @@ def read_detection_log(path: str | Path, categories: Collection[str] | None = No
     """
     path = Path(path)
     if not path.is_file():
-        raise DetectionLogError(f"{path}: detections file not found")
+        raise DetectionLogError(f"{path}: " + ("is a folder, not a detections file" if path.is_dir()
+                                               else "detections file not found"))
     fh = open(path, "rb")  # decoded line by line: a bad byte is named by its line
     try:
         header = json.loads(fh.readline().decode("utf-8"))["header"]
-        if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version", 1) != 1:
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise KeyError("format")
+        if header.get("version", 1) != 1:
+            fh.close()
+            raise DetectionLogError(f"{path}:1: {FORMAT} version {header.get('version')!r}: this patrol reads "
+                                    "version 1 (a newer patrol wrote it?)")
         model = header.get("model", {})
         if not isinstance(model, dict) or not isinstance(model.get("covered", []), list):
             raise KeyError("model")

@@ -130,7 +130,8 @@ def open_drive(path: str | Path) -> Drive:
     root = Path(path)
     mpath = root / MANIFEST
     if not root.is_dir():
-        raise DriveError(f"{root}: drive folder not found")
+        raise DriveError(f"{root}: " + ("not a folder (a drive is a folder with a manifest.json)" if root.exists()
+                                        else "drive folder not found"))
     if not mpath.is_file():
         raise DriveError(f"{mpath}: manifest missing (not a drive folder?)")
     try:

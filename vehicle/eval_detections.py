@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vehicle.evaluate import EvalError, clean_json, write_json
+from vehicle.evaluate import EvalError, clean_json, make_out_folder, write_json
 from vehicle.report import Progress
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -144,7 +144,7 @@ def eval_detections(images_dir: Path, out_dir: Path, names: list[str] | None = N
         "confusion_matrix": {"labels": [*names, "background"], "rows_predicted_cols_true": cm.tolist()},
         "pr_curves_iou50": {names[r.class_id]: r.precision_curve.round(4).tolist() for r in with_gt},
     })
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_out_folder(out_dir)
     write_json(out_dir / "metrics.json", doc)
     write_detections_report(out_dir / "report.html", doc, names, results, cm)
     return doc

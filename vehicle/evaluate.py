@@ -302,6 +302,16 @@ def evaluate_events(label: str, events: PointSet, event_docs: list[dict], truth:
                            track.length_km, throughput)
 
 
+def make_out_folder(out_dir: Path) -> None:
+    """Create the report folder (``--out``); an `EvalError` naming it when it cannot be one."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EvalError(f"{out_dir}: --out is a file; the report needs a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EvalError(f"{out_dir}: --out: cannot create the report folder: {exc.strerror or exc}") from None
+
+
 def write_json(path: Path, doc: object) -> None:
     path.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
 
@@ -356,7 +366,7 @@ def eval_events(drive_dir: Path, truth_file: Path, out_dir: Path, runs: list[tup
         raise EvalError(f"{drive_dir}: the drive has no GPS log")
     truth, truth_features = load_truth(truth_file, _taxonomy_names(runs[0][1] if runs else None))
     track = load_track_log(drive.gps_file)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_out_folder(out_dir)
     evals = []
     for k, (label, config, detections) in enumerate(runs):
         if events_files:
