@@ -231,3 +231,14 @@ def test_fuzz_template_with_one_line_mangled(data: st.DataObject) -> None:
     i = data.draw(st.integers(0, len(lines) - 1))
     lines[i] = data.draw(st.one_of(st.text(max_size=40), st.sampled_from(["", "[x]", "= 1", "a.b = 1", "port = -1"])))
     assert_parses_or_config_error("\n".join(lines))
+
+
+def test_outputs_stay_beside_the_config_while_missing_inputs_are_found_in_the_repo(tmp_path) -> None:
+    from vehicle.config import REPO_ROOT, resolve_path
+
+    (REPO_ROOT / "var" / "patrol").mkdir(parents=True, exist_ok=True)  # the repo's own default data folder
+    # A config outside the repo with the default data_dir writes beside itself, never into the repo's var/patrol.
+    assert resolve_path("var/patrol", tmp_path, output=True) == tmp_path / "var" / "patrol"
+    # A shipped input it does not have beside it is taken from the repo.
+    assert resolve_path("models/categories.yaml", tmp_path) == REPO_ROOT / "models" / "categories.yaml"
+    assert resolve_path("/abs/x", tmp_path, output=True) == Path("/abs/x")

@@ -116,7 +116,8 @@ def _detectors(
 
 def _load_model(key: str, d: DetectorConfig | ObjectDetectorConfig, base: Path, data_dir: Path):
     """One configured model, loaded; a `ConfigError` naming ``key.model_file`` when it cannot be."""
-    trt_cache = resolve_path(d.tensorrt_cache_dir, base) if d.tensorrt_cache_dir else data_dir / "trt-cache"
+    trt_cache = resolve_path(d.tensorrt_cache_dir, base, output=True) if d.tensorrt_cache_dir \
+        else data_dir / "trt-cache"
     try:
         return load_detector(resolve_path(d.model_file, base), score_threshold=d.score_threshold,
                              iou_threshold=d.iou_threshold, max_detections=d.max_detections,
@@ -338,7 +339,7 @@ def _replay(opts: ReplayOptions) -> RunCounters:
     g = cfg.gps
     track = load_track(drive.gps_file, max_fix_age_s=g.max_fix_age_s, stopped_speed_mps=g.stopped_speed_mps,
                        max_gap_s=g.max_interpolation_gap_s)
-    data_dir = resolve_path(cfg.data_dir, base).resolve()  # as `patrol run` finds it (~ and $VARS expanded)
+    data_dir = resolve_path(cfg.data_dir, base, output=True).resolve()  # as `patrol run` finds it
     _check_class_maps(cfg, taxonomy)  # also when cached detections stand in for the models
     with ExitStack() as stack:
         if opts.detections is not None:
@@ -360,7 +361,8 @@ def _replay(opts: ReplayOptions) -> RunCounters:
                 stage, ref, obj_ref, covered = _detectors(cfg, base, data_dir, taxonomy)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
-        events_file = resolve_path(cfg.output.jsonl_file, base) if cfg.output.jsonl_file and not opts.out else None
+        events_file = resolve_path(cfg.output.jsonl_file, base, output=True) \
+            if cfg.output.jsonl_file and not opts.out else None
         _check_replay_files(opts, drive, events_file)
         source_counters = SourceCounters()
         frames = drive.frames(source_counters, cfg.camera.stills_interval_s) if (drive.segments or drive.stills) \
@@ -459,7 +461,7 @@ def _stop_on_signals(stop: threading.Event) -> list[int]:
 
 def _open_events_file(cfg: Config, base: Path, config_file: Path) -> IO[str]:
     """The config's output.jsonl_file, opened for appending (its folder made); a `ConfigError` naming the key."""
-    path = resolve_path(cfg.output.jsonl_file, base)
+    path = resolve_path(cfg.output.jsonl_file, base, output=True)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return open(path, "a", encoding="utf-8")
@@ -475,7 +477,7 @@ def run_live(config_file: Path) -> int:
     taxonomy = validate_service_config(cfg, base, config_file)  # exit 2 before anything starts
     notifier = SystemdNotifier()
     calibration = CameraCalibration.load(resolve_path(cfg.camera.calibration_file, base))
-    data_dir = resolve_path(cfg.data_dir, base)
+    data_dir = resolve_path(cfg.data_dir, base, output=True)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -612,9 +614,10 @@ def validate_service_config(cfg: Config, base: Path, config_file: Path, for_repl
             _broker_settings(cfg, base)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-    _check_writable(where, "data_dir", resolve_path(cfg.data_dir, base), folder=True)
+    _check_writable(where, "data_dir", resolve_path(cfg.data_dir, base, output=True), folder=True)
     if cfg.output.jsonl_file:
-        _check_writable(where, "output.jsonl_file", resolve_path(cfg.output.jsonl_file, base), folder=False)
+        _check_writable(where, "output.jsonl_file", resolve_path(cfg.output.jsonl_file, base, output=True),
+                        folder=False)
     return taxonomy
 
 

@@ -251,13 +251,17 @@ class Config(_Section):
         return v
 
 
-def resolve_path(value: str, base: Path) -> Path:
-    """A path from the config: absolute as given, relative ones against ``base`` (the config's folder)."""
+def resolve_path(value: str, base: Path, output: bool = False) -> Path:
+    """A path from the config: absolute as given, relative ones against ``base`` (the config's folder).
+
+    An input missing there is looked for in the repo (shipped models and calibrations); an ``output`` (data_dir,
+    output files) is always under ``base``, so a config outside the repo never writes into the repo's folders.
+    """
     p = Path(os.path.expandvars(os.path.expanduser(value)))
     if p.is_absolute():
         return p
     candidate = base / p
-    if candidate.exists() or not (REPO_ROOT / p).exists():
+    if output or candidate.exists() or not (REPO_ROOT / p).exists():
         return candidate
     return REPO_ROOT / p  # shipped files (models/, calibration/) are found from the repo too
 
