@@ -433,3 +433,23 @@ def test_parser_registers_centre_and_export() -> None:
     assert exp.centre_command == "export" and exp.db == "y.sqlite3" and exp.csv == "-"
     exp2 = parser.parse_args(["centre", "export", "--db", "z.sqlite3"])
     assert exp2.db == "z.sqlite3"
+
+
+def test_log_level_applies_through_the_patrol_command(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    db = tmp_path / "c.sqlite3"
+    with CentreStore(db) as s:
+        s.add_event(make_event("car-1", "a", "piled_materials", LAT0, LON0), topic="t")
+    repo = Path(__file__).resolve().parent.parent
+
+    def export(level: str) -> str:
+        res = subprocess.run([sys.executable, "-m", "vehicle.cli", "centre", "--log-level", level, "--db", str(db),
+                              "export", "--csv", str(tmp_path / "c.csv")], capture_output=True, text=True,
+                             timeout=60, cwd=repo, env=dict(os.environ, PYTHONPATH=str(repo)))
+        assert res.returncode == 0, res.stderr
+        return res.stderr
+
+    assert "INFO vehicle.centre: exported 1 cases" in export("INFO")
+    assert export("ERROR") == ""  # `patrol` had configured INFO logging first; the option used to be ignored

@@ -414,8 +414,8 @@ def _write_out(dest: str, text: str) -> None:
 
 def run_centre(args: argparse.Namespace) -> int:
     """Run ``patrol centre`` (until SIGINT/SIGTERM) or ``patrol centre export``; return the exit code."""
-    logging.basicConfig(
-        level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(  # force: `patrol` itself has configured logging by now, and --log-level must win
+        level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
     if getattr(args, "centre_command", None) == "export":
         db = str(getattr(args, "db", "") or "")
