@@ -230,6 +230,38 @@ def test_handle_rejects_malformed_without_crashing(store: CentreStore) -> None:
     assert store.event_count() == 1
 
 
+def _forged(real: Event, by: str) -> bytes:
+    """``real``'s event_id on an event of car ``by`` (event ids are predictable)."""
+    doc = json.loads(make_event(by, "x", "street_vending", LAT0, LON0).to_json())
+    doc["id"] = doc["properties"]["event_id"] = real.properties.event_id
+    doc["properties"]["snapshot_topic"] = snapshot_topic(by, real.properties.event_id)
+    return json.dumps(doc).encode()
+
+
+def test_one_car_cannot_shadow_another_cars_event_or_photo(store: CentreStore) -> None:
+    centre = Centre(CentreSettings(client_id="centre-t"), store)
+    first = make_event("car-1", "a", "street_vending", LAT0, LON0)
+    e1 = first.properties.event_id
+    photo_1, photo_2 = JPEG + b"car-1", JPEG + b"car-2" * 20_000  # the forged photo is over 64 KiB: kept whole
+    assert centre.handle(events_topic("car-1"), first.to_json()) == "event"
+    assert centre.handle(events_topic("car-2"), _forged(first, "car-2")) == "rejected"
+    assert centre.handle(snapshot_topic("car-2", e1), photo_2) == "rejected"
+    assert centre.handle(snapshot_topic("car-1", e1), photo_1) == "snapshot"
+    # A forged photo that arrives before the real event is set aside when the event comes, so the real one lands.
+    later = make_event("car-1", "b", "street_vending", LAT0, LON0)
+    e2 = later.properties.event_id
+    assert centre.handle(snapshot_topic("car-2", e2), photo_2) == "snapshot"
+    assert centre.handle(events_topic("car-1"), later.to_json()) == "event"
+    assert centre.handle(snapshot_topic("car-1", e2), photo_1) == "snapshot"
+    assert store.snapshot(e1) == photo_1 and store.snapshot(e2) == photo_1
+    rejected = store.rejected()
+    assert [r[0] for r in rejected] == [events_topic("car-2"), snapshot_topic("car-2", e1), snapshot_topic("car-2", e2)]
+    assert f"event_id {e1} is already stored from vehicle 'car-1'" in rejected[0][1]
+    assert "belongs to vehicle 'car-1'" in rejected[1][1] and "came from another vehicle" in rejected[2][1]
+    assert rejected[1][2] == photo_2 and rejected[2][2] == photo_2  # nothing lost: kept aside whole
+    assert store.event_count() == 2 and {s.vehicle_id for c in store.cases() for s in c.sightings} == {"car-1"}
+
+
 def test_values_a_database_or_a_sort_would_choke_on_are_rejected(store: CentreStore) -> None:
     centre = Centre(CentreSettings(client_id="centre-t"), store)
     good = json.loads(make_event("car-1", "a", "street_vending", LAT0, LON0).to_json())

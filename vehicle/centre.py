@@ -127,8 +127,17 @@ class Centre:
                 )
             result = self.store.add_event(event, topic=topic, received_by=me)
             if not result.stored:
+                if result.stored_vehicle_id not in (None, vehicle_id):
+                    # event ids are predictable: one car must not be able to shadow another's event
+                    return self._reject(topic, payload, f"event_id {event.properties.event_id} is already stored "
+                                                        f"from vehicle {result.stored_vehicle_id!r}")
                 log.debug("duplicate event %s on %s", event.properties.event_id, topic)
                 return "duplicate"
+            if self.store.snapshot_owner(event.properties.event_id) not in (None, vehicle_id):  # sent first
+                self.store.set_snapshot_aside(event.properties.event_id, f"snapshot for vehicle {vehicle_id!r}'s "
+                                              "event came from another vehicle")
+                log.warning("snapshot for event %s came from another vehicle: set aside",
+                            event.properties.event_id)
             log.info(
                 "event %s %s from %s -> case %s%s", event.properties.event_id, event.properties.category,
                 vehicle_id, result.case_id, " (new)" if result.new_case else "",
@@ -137,6 +146,12 @@ class Centre:
         if kind == "snapshots" and len(rest) == 1 and rest[0]:
             if not bytes(payload[:3]) == JPEG_MAGIC:
                 return self._reject(topic, payload, "snapshot is not a JPEG (no FF D8 FF start)")
+            owner = self.store.owner_of(rest[0])
+            if owner not in (None, vehicle_id):
+                log.warning("rejected message on %s: event %s belongs to vehicle %r", topic, rest[0], owner)
+                self.store.add_rejected(topic, payload, f"event {rest[0]} belongs to vehicle {owner!r}",
+                                        received_by=me, whole=True)
+                return "rejected"
             new = self.store.add_snapshot(rest[0], vehicle_id, payload, topic=topic, received_by=me)
             return "snapshot" if new else "duplicate_snapshot"
         if kind == "status" and not rest:
@@ -414,9 +429,9 @@ def _write_out(dest: str, text: str) -> None:
 
 def run_centre(args: argparse.Namespace) -> int:
     """Run ``patrol centre`` (until SIGINT/SIGTERM) or ``patrol centre export``; return the exit code."""
-    logging.basicConfig(  # force: `patrol` itself has configured logging by now, and --log-level must win
-        level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
+    level = getattr(args, "log_level", "INFO")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)  # `patrol` itself has set up logging by now: --log-level must still win
     if getattr(args, "centre_command", None) == "export":
         db = str(getattr(args, "db", "") or "")
         # a database that is missing or unreadable, or a file that cannot be written, is bad input: exit 1

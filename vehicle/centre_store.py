@@ -111,6 +111,7 @@ class AddResult:
     stored: bool  # False: the event_id was already there (a redelivery)
     case_id: int | None
     new_case: bool = False
+    stored_vehicle_id: str | None = None  # when not stored: the car whose event holds that event_id
 
 
 @dataclass(frozen=True)
@@ -327,8 +328,9 @@ class CentreStore:
                  topic, _utc_now(), received_by, event.model_dump_json()),
             )  # fmt: skip
             if cur.rowcount == 0:
-                row = self._exec("SELECT case_id FROM events WHERE event_id = ?", (p.event_id,)).fetchone()
-                return AddResult(stored=False, case_id=row[0] if row else None)
+                row = self._exec("SELECT case_id, vehicle_id FROM events WHERE event_id = ?", (p.event_id,)).fetchone()
+                return AddResult(stored=False, case_id=row[0] if row else None,
+                                 stored_vehicle_id=row[1] if row else None)
             case_id, new_case = self._assign_case(p.category, lon, lat, p.first_seen, p.last_seen, p.mode)
             self._exec("UPDATE events SET case_id = ? WHERE event_id = ?", (case_id, p.event_id))
         return AddResult(stored=True, case_id=case_id, new_case=new_case)
@@ -379,10 +381,36 @@ class CentreStore:
             )
             return cur.rowcount > 0
 
-    def add_rejected(self, topic: str, payload: bytes, reason: str, *, received_by: str = "") -> None:
+    def owner_of(self, event_id: str) -> str | None:
+        """The car whose event, or else whose photo, holds ``event_id`` (None: neither is stored)."""
+        row = self._exec("SELECT vehicle_id FROM events WHERE event_id = ?", (event_id,)).fetchone() or \
+            self._exec("SELECT vehicle_id FROM snapshots WHERE event_id = ?", (event_id,)).fetchone()
+        return row[0] if row else None
+
+    def snapshot_owner(self, event_id: str) -> str | None:
+        """The car whose photo is stored for ``event_id`` (None: none is)."""
+        row = self._exec("SELECT vehicle_id FROM snapshots WHERE event_id = ?", (event_id,)).fetchone()
+        return row[0] if row else None
+
+    def set_snapshot_aside(self, event_id: str, reason: str) -> bool:
+        """Move an event's stored photo to the rejected messages, whole (it came from another car than the
+        event's); True if there was one."""
+        with self._write():
+            row = self._exec("SELECT topic, jpeg, received_by FROM snapshots WHERE event_id = ?",
+                             (event_id,)).fetchone()
+            if row is None:
+                return False
+            self._exec("INSERT INTO rejected (topic, reason, payload, received_at, received_by)"
+                       " VALUES (?, ?, ?, ?, ?)", (row[0], reason, bytes(row[1]), _utc_now(), row[2]))
+            self._exec("DELETE FROM snapshots WHERE event_id = ?", (event_id,))
+            return True
+
+    def add_rejected(self, topic: str, payload: bytes, reason: str, *, received_by: str = "",
+                     whole: bool = False) -> None:
         """Keep a message that failed validation, with why, for an operator to inspect (the first 64 KiB: a
-        flood of junk must not fill the database)."""
-        if len(payload) > REJECTED_KEEP_BYTES:
+        flood of junk must not fill the database; ``whole`` keeps all of a well-formed one, such as a photo
+        that conflicts with another car's)."""
+        if len(payload) > REJECTED_KEEP_BYTES and not whole:
             reason = f"{reason} (payload {len(payload)} bytes, first {REJECTED_KEEP_BYTES} kept)"
             payload = payload[:REJECTED_KEEP_BYTES]
         with self._write():
