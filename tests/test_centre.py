@@ -485,3 +485,17 @@ def test_log_level_applies_through_the_patrol_command(tmp_path: Path) -> None:
 
     assert "INFO vehicle.centre: exported 1 cases" in export("INFO")
     assert export("ERROR") == ""  # `patrol` had configured INFO logging first; the option used to be ignored
+
+
+def test_a_newer_cars_optional_property_is_taken_and_kept(store: CentreStore) -> None:
+    centre = Centre(CentreSettings(client_id="centre-t"), store)
+    doc = json.loads(make_event("car-1", "a", "street_vending", LAT0, LON0).to_json())
+    doc["properties"]["added_later"] = {"lanes": 2}  # no v2 needed for this (README, Versioning)
+    assert centre.handle(events_topic("car-1"), json.dumps(doc).encode()) == "event"
+    [(payload,)] = store._exec("SELECT payload FROM events").fetchall()  # stored as it came
+    assert json.loads(payload)["properties"]["added_later"] == {"lanes": 2}
+    bad = json.loads(json.dumps(doc))
+    bad["id"] = bad["properties"]["event_id"] = "other"
+    bad["properties"]["confidence"] = True  # JSON true is not a number, whatever Python thinks
+    assert centre.handle(events_topic("car-1"), json.dumps(bad).encode()) == "rejected"
+    assert "properties.confidence" in store.rejected()[0][1]

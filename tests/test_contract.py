@@ -10,9 +10,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from tests.test_centre import make_event
-from vehicle.events import Status, events_topic, snapshot_topic, status_topic
+from vehicle.events import Event, Status, events_topic, snapshot_topic, status_topic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,10 +107,19 @@ def test_committed_schemas_accept_real_payloads_and_reject_bad_ones() -> None:
     bad["geometry"]["coordinates"] = [121.47]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, event_schema, cls=jsonschema.Draft202012Validator)
-    bad = json.loads(json.dumps(event))
-    bad["properties"]["surprise"] = 1  # extra="forbid" in the model: additionalProperties false
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(bad, event_schema, cls=jsonschema.Draft202012Validator)
+    # A newer car's optional property is no breaking change: v1's schema and model take it (and ignore it).
+    newer = json.loads(json.dumps(event))
+    newer["properties"]["added_in_a_later_version"] = {"a": 1}
+    jsonschema.validate(newer, event_schema, cls=jsonschema.Draft202012Validator)
+    assert Event.from_json(json.dumps(newer)).properties.event_id == event["properties"]["event_id"]
+    # What the schema cannot say, the model checks: a real date, in order, and numbers that are numbers.
+    for key, value, why in (("first_seen", "9999-99-99T00:00:00Z", "time data"),
+                            ("first_seen", "2027-01-01T00:00:00Z", "first_seen is later than last_seen"),
+                            ("confidence", True, "valid number")):
+        bad = json.loads(json.dumps(event))
+        bad["properties"][key] = value
+        with pytest.raises(ValidationError, match=why):
+            Event.from_json(json.dumps(bad))
 
 
 def test_check_mode_reports_up_to_date(capsys: pytest.CaptureFixture[str]) -> None:

@@ -125,7 +125,7 @@ class Centre:
                 return self._reject(
                     topic, payload, f"properties.vehicle_id {event.properties.vehicle_id!r} does not match the topic"
                 )
-            result = self.store.add_event(event, topic=topic, received_by=me)
+            result = self.store.add_event(event, topic=topic, received_by=me, raw=bytes(payload))
             if not result.stored:
                 if result.stored_vehicle_id not in (None, vehicle_id):
                     # event ids are predictable: one car must not be able to shadow another's event
@@ -156,7 +156,7 @@ class Centre:
             return "snapshot" if new else "duplicate_snapshot"
         if kind == "status" and not rest:
             try:
-                status = Status.model_validate_json(payload)
+                status = Status.model_validate_json(payload, strict=True)
             except ValidationError as exc:
                 return self._reject(topic, payload, _validation_reason(exc))
             if status.vehicle_id != vehicle_id:

@@ -310,8 +310,11 @@ class CentreStore:
 
     # --- writes ------------------------------------------------------------------------------------------
 
-    def add_event(self, event: Event, *, topic: str, received_by: str = "") -> AddResult:
+    def add_event(self, event: Event, *, topic: str, received_by: str = "", raw: bytes | None = None) -> AddResult:
         """Store a validated event once and attach it to a case (an existing one nearby, or a new one).
+
+        ``raw`` is the payload as received: stored as it came, so properties a newer car added (which this
+        version ignores) are kept.
 
         Returns:
             ``AddResult(stored=False, ...)`` when the event_id was already stored (nothing changes).
@@ -325,7 +328,7 @@ class CentreStore:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
                 (p.event_id, p.vehicle_id, p.object_id, p.category, p.mode.value,
                  p.rule.rule if p.rule else None, p.confidence, lon, lat, p.first_seen, p.last_seen,
-                 topic, _utc_now(), received_by, event.model_dump_json()),
+                 topic, _utc_now(), received_by, raw.decode("utf-8") if raw is not None else event.model_dump_json()),
             )  # fmt: skip
             if cur.rowcount == 0:
                 row = self._exec("SELECT case_id, vehicle_id FROM events WHERE event_id = ?", (p.event_id,)).fetchone()

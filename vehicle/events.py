@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 TOPIC_ROOT = "patrol/v1"
 SCHEMA_VERSION = 1
@@ -41,15 +42,30 @@ def make_event_id(vehicle_id: str, object_id: str, publication: int) -> str:
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{vehicle_id}/{object_id}/{publication}"))
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+class _Wire(BaseModel):
+    # Unknown properties are ignored, not refused: a newer car may add an optional property (no v2 needed), and
+    # a v1 consumer must still take its events. Types are strict when parsing (`from_json`): true is no number.
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
 
 # What a consumer may rely on: ids are plain tokens (no control characters, which some databases cannot store)
 # and times are UTC ISO 8601 with a 'Z', so that they sort as text.
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-UtcTime = Annotated[str, Field(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")]
+def utc_seconds(value: str) -> float:
+    """POSIX seconds of a `UtcTime` string; ValueError for a date or time that does not exist (month 13...)."""
+    whole, _, frac = value.rstrip("Z").partition(".")
+    stamp = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+    return stamp + (float(f"0.{frac}") if frac else 0.0)
+
+
+def _real_time(value: str) -> str:
+    utc_seconds(value)  # the pattern alone would pass 9999-99-99
+    return value
+
+
+UtcTime = Annotated[str, Field(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$"),
+                    AfterValidator(_real_time)]
 
 
 class EventMode(str, Enum):
@@ -59,7 +75,7 @@ class EventMode(str, Enum):
     warning = "warning"
 
 
-class PointGeometry(_Strict):
+class PointGeometry(_Wire):
     """GeoJSON Point, WGS-84, ``[lon, lat]``."""
 
     type: Literal["Point"] = "Point"
@@ -67,7 +83,7 @@ class PointGeometry(_Strict):
         description="[longitude_deg, latitude_deg], WGS-84")
 
 
-class LocationQuality(_Strict):
+class LocationQuality(_Wire):
     """How far the event's position can be trusted."""
 
     fix_mode: int = Field(ge=0, le=3, description="GNSS fix: 0 unknown, 1 none, 2 2D, 3 3D")
@@ -80,7 +96,7 @@ class LocationQuality(_Strict):
     interpolated: bool = Field(default=True, description="the pose was interpolated between two fixes")
 
 
-class VehiclePose(_Strict):
+class VehiclePose(_Wire):
     """The car's pose at the frame the event's best sighting came from."""
 
     lat: float = Field(ge=-90, le=90)
@@ -91,14 +107,14 @@ class VehiclePose(_Strict):
     speed_mps: float | None = Field(default=None, ge=0)
 
 
-class ModelRef(_Strict):
+class ModelRef(_Wire):
     """Which model produced the detection."""
 
     name: str
     sha256: str = Field(description="hex SHA-256 of the model file the car loaded")
 
 
-class RuleFired(_Strict):
+class RuleFired(_Wire):
     """For rule-made categories (object + rule): which rule fired, and why."""
 
     rule: str
@@ -109,7 +125,7 @@ class RuleFired(_Strict):
     cluster_size: int | None = None
 
 
-class EventProperties(_Strict):
+class EventProperties(_Wire):
     """Everything the centre needs to review an event and dispatch a crew."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
@@ -131,8 +147,14 @@ class EventProperties(_Strict):
     snapshot_topic: str | None = Field(default=None, description="where the evidence photo is published")
     rule: RuleFired | None = None
 
+    @model_validator(mode="after")
+    def _seen_in_order(self) -> EventProperties:
+        if utc_seconds(self.first_seen) > utc_seconds(self.last_seen):
+            raise ValueError("first_seen is later than last_seen")
+        return self
 
-class Event(_Strict):
+
+class Event(_Wire):
     """One new problem, as published on ``patrol/v1/{vehicle_id}/events``: a GeoJSON Feature."""
 
     type: Literal["Feature"] = "Feature"
@@ -146,8 +168,8 @@ class Event(_Strict):
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Event:
-        """Parse and validate a published event."""
-        return cls.model_validate_json(data)
+        """Parse and validate a published event (strict types; unknown properties ignored)."""
+        return cls.model_validate_json(data, strict=True)
 
 
 class StatusState(str, Enum):
@@ -157,7 +179,7 @@ class StatusState(str, Enum):
     offline = "offline"
 
 
-class Status(_Strict):
+class Status(_Wire):
     """Retained status of a car on ``patrol/v1/{vehicle_id}/status``; its Last Will is ``state=offline``."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
