@@ -295,6 +295,20 @@ def test_replay_refuses_outputs_that_would_destroy_an_input_or_each_other(tmp_pa
     assert events.read_text() == '{"event_id": "kept"}\n'
 
 
+def test_a_gps_log_from_another_day_is_warned_about(tmp_path: Path, filled_state) -> None:
+    drive, cfg, detections, _ = filled_state
+    other = tmp_path / "drive-other-day"
+    shutil.copytree(drive, other)
+    # A real 2010 drive in Switzerland: fixes, but none at the walk's time, so no frame can be placed by one.
+    shutil.copyfile(shared_path("gps", "genivi-drives", "extracted", "NMEA_Logs",
+                                "20100403_Z205_Switzerland_short.txt"), other / "gps.nmea")
+    res = patrol("replay", str(other), "--config", str(cfg), "--detections", str(detections),
+                 "--state", str(tmp_path / "state"))
+    assert res.returncode == 0, res.stderr
+    assert "frames=150 " in res.stderr and "no_fix_frames=150 " in res.stderr  # every cached frame
+    assert "had a GPS fix: the video and" in res.stderr and "do not overlap in time" in res.stderr
+
+
 def test_gps_log_without_a_fix_is_one_line_and_keeps_the_outbox(tmp_path: Path, filled_state) -> None:
     drive, cfg, detections, state = filled_state
     before = outbox_rows(state)

@@ -433,6 +433,10 @@ def _replay(opts: ReplayOptions) -> RunCounters:
                 log.warning("broker did not take every event within %.0f s: %d stay in the outbox %s",
                             opts.flush_timeout_s, outbox.stats().depth, outbox.path)
             publisher.stop(offline_status_payload=_offline_status(cfg.vehicle_id))
+        if counters.frames and counters.frames_without_fix == counters.frames:
+            # events may still come (held or flagged per gps.no_fix_policy), but none was placed by a fix
+            log.warning("no frame of %s had a GPS fix: the video and %s do not overlap in time (the manifest's "
+                        "start_utc / time_offset_s?)", drive.root, drive.gps_file)
         if opts.summary:
             stopped = "" if counters.interrupted_by is None else \
                 f" INTERRUPTED by {signal.Signals(counters.interrupted_by).name} (resume with --state)"

@@ -12,13 +12,16 @@ GPS log are flushed as they are written. A cut loses the last few seconds, not t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import shutil
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -26,7 +29,7 @@ import cv2
 
 from vehicle.config import ConfigError, load_config, resolve_path
 from vehicle.drive import DriveError, utc_iso, write_manifest
-from vehicle.frames import LiveSource, is_live_spec, open_source
+from vehicle.frames import Frame, LiveSource, is_live_spec, open_source
 from vehicle.gps import Fix, GnssClock, GpsdReader, PoseTrack
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,21 @@ class _LoggingTrack(PoseTrack):
                 self._out.write(json.dumps({"class": "SKY", "time": tpv["time"], "hdop": fix.hdop}) + "\n")
             self._out.write(json.dumps(tpv) + "\n")
             self._out.flush()
+
+
+def _as_camera(frames: Iterator[Frame], utc_now: Callable[[float], float], stop: threading.Event) -> Iterator[Frame]:
+    """A video file or stills folder given as the camera, delivered as a camera would: at its own pace, each
+    frame stamped by the GNSS clock when it is delivered. Read as fast as it decodes, seconds of video would be
+    stamped by the system clock against a GPS log that covered a fraction of that time: no frame would match a
+    fix on replay."""
+    t0, first = time.monotonic(), None
+    for frame in frames:
+        first = frame.time_utc if first is None else first
+        wait = t0 + (frame.time_utc - first) - time.monotonic()
+        if wait > 0 and stop.wait(wait):
+            return
+        now = time.monotonic()
+        yield dataclasses.replace(frame, time_utc=utc_now(now), mono=now)
 
 
 def record(config_file: Path, out_dir: Path, duration_s: float = 0.0, segment_s: float = 300.0,
@@ -88,6 +106,7 @@ def record(config_file: Path, out_dir: Path, duration_s: float = 0.0, segment_s:
 
     source = open_source(source_spec, time.time(), cfg.camera.stills_interval_s, utc_now=utc_now,
                          watchdog_timeout_s=cfg.camera.watchdog_timeout_s, max_fps=cfg.camera.max_fps)
+    frames_in = source if isinstance(source, LiveSource) else _as_camera(iter(source), utc_now, stop)
 
     def halt(*_: object) -> None:
         # A live camera that cannot be opened (or stalls) yields no frames, so the frame loop alone would never
@@ -109,11 +128,21 @@ def record(config_file: Path, out_dir: Path, duration_s: float = 0.0, segment_s:
     seg_started = 0.0
     t_end = time.monotonic() + duration_s if duration_s > 0 else float("inf")
     frames = 0
-    started, gps_warned = time.monotonic(), False
+    started, gps_warned, held_back = time.monotonic(), False, 0
     try:
-        for frame in source:
+        last_utc = -math.inf
+        for frame in frames_in:
             if stop.is_set() or time.monotonic() >= t_end:
                 break
+            if frame.time_utc < last_utc:
+                # The GNSS clock stepped back (a confirmed receiver time step): a drive's frame times must not, or
+                # replay refuses it. Held at the last time until the clock catches up.
+                if not held_back:
+                    log.warning("camera: the GNSS clock stepped back %.3f s; frame times held until it catches up",
+                                last_utc - frame.time_utc)
+                held_back += 1
+                frame = dataclasses.replace(frame, time_utc=last_utc)
+            last_utc = frame.time_utc
             if not gps_warned and track.latest is None and time.monotonic() - started > 10.0:
                 gps_warned = True  # said now, not only when the drive is over and cannot be replayed
                 log.warning("gps: no report from gpsd at %s:%d after 10 s; the video so far has no positions",

@@ -53,6 +53,10 @@ def test_record_writes_a_replayable_drive(tmp_path):
     assert all(b.time_utc >= a.time_utc for a, b in itertools.pairwise(frames))
     # The GPS log was written as gpsd JSON and reads back as the walk's real fixes.
     track = load_track(out / "gps.json")
+    # A file camera is delivered at its own pace and stamped by the GNSS clock, like a live camera: the frames
+    # fall on the recorded fixes (read as fast as it decoded, it was stamped by the system clock: no pose at all).
+    posed = sum(track.pose_at(f.time_utc) is not None for f in frames)
+    assert posed >= 0.9 * len(frames), posed
     first = track.latest
     assert first is not None and 33.12 < first.lat_deg < 33.13 and -117.33 < first.lon_deg < -117.32
     assert (out / "calibration.toml").read_text() == (REPO_ROOT / "calibration" / "gopro-max-walk.toml").read_text()
@@ -98,4 +102,4 @@ def test_a_power_cut_keeps_the_segment_being_written(tmp_path):
     # reads back nothing at all).
     assert 100 <= len(frames) <= 200, len(frames)
     assert [f.index for f in frames] == list(range(len(frames)))
-    assert all(b.time_utc > a.time_utc for a, b in itertools.pairwise(frames))
+    assert all(b.time_utc >= a.time_utc for a, b in itertools.pairwise(frames))  # never back (held if the clock steps)
