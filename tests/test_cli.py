@@ -98,6 +98,7 @@ def test_check_config_names_a_missing_model_file(tmp_path: Path) -> None:
     ('[camera]\nsource = "/dev/video0"\n[mqtt.tls]\nenabled = true\nkey_file = "patrol.toml"\n',
      "mqtt.tls.cert_file: required with mqtt.tls.key_file"),
     ('[camera]\nsource = "/dev/video0"\n[mqtt]\nhost = ""\n', "mqtt.host"),
+    ('data_dir = "/proc/patrol"\n[camera]\nsource = "/dev/video0"\n', "data_dir: /proc/patrol cannot be written"),
 ])
 def test_check_config_catches_what_run_would_reject(tmp_path: Path, toml: str, key: str) -> None:
     if not (REPO_ROOT / "models" / "patrol-detector.onnx").is_file():

@@ -15,6 +15,7 @@ import shutil
 import signal
 import ssl
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -635,6 +636,10 @@ def _check_writable(where: str, key: str, path: Path, folder: bool) -> None:
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK) or \
             (path.exists() and not os.access(path, os.W_OK)):
         raise ConfigError(f"{where}: {key}: {path} cannot be written (no permission under {probe})")
+    try:  # permissions say nothing to root, nor about /proc, a read-only mount or a full disk: try it
+        os.rmdir(tempfile.mkdtemp(prefix=".patrol-check-", dir=probe))
+    except OSError as exc:
+        raise ConfigError(f"{where}: {key}: {path} cannot be written ({exc.strerror or exc} under {probe})") from None
 
 
 def check_config(config_file: Path, for_replay: bool = False) -> str:
