@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -228,7 +229,7 @@ def bad_drive(tmp: Path, drive: Path, what: str) -> Path:
     out = tmp / f"drive-{what}"
     shutil.copytree(drive, out)
     if what == "junk-video":
-        (out / "video" / "000000.mp4").write_bytes(os.urandom(64_000))  # not a video at all
+        (out / "video" / "000000.mp4").write_bytes(random.Random(7).randbytes(64_000))  # not a video (seeded)
     elif what == "no-fix":
         # A real receiver's log (Holux GM-210, from gpsd's regression tests) that never got a fix.
         shutil.copyfile(shared_path("gps", "gpsd-testlogs", "holux-gm-210.log"), out / "gps.nmea")
