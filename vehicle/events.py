@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 TOPIC_ROOT = "patrol/v1"
 SCHEMA_VERSION = 1
@@ -146,12 +146,6 @@ class EventProperties(_Wire):
     model: ModelRef
     snapshot_topic: str | None = Field(default=None, description="where the evidence photo is published")
     rule: RuleFired | None = None
-
-    @model_validator(mode="after")
-    def _seen_in_order(self) -> EventProperties:
-        if utc_seconds(self.first_seen) > utc_seconds(self.last_seen):
-            raise ValueError("first_seen is later than last_seen")
-        return self
 
 
 class Event(_Wire):
