@@ -445,6 +445,8 @@ def test_cli_export_never_overwrites_the_database_or_one_output_with_the_other(
         (["--csv", str(link)], "is the database being exported"),  # another name for the same file
         (["--csv", str(other_db)], "is an SQLite database"),
         (["--geojson", str(cases), "--csv", str(cases)], "name the same file"),
+        (["--csv", f"{db}-wal"], "is a file of the database being exported"),  # the running centre's WAL
+        (["--geojson", f"{tmp_path / '.' / 'c.sqlite3'}-shm"], "is a file of the database being exported"),
     ):
         assert main(["export", "--db", str(db), *args]) == 1, args
         err = capsys.readouterr().err.strip().splitlines()

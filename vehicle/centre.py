@@ -412,6 +412,9 @@ def _refused_outputs(db: str, *outputs: str | None) -> str | None:
                 return f"{f}: --geojson and --csv name the same file"
         if db_path is not None and (f.resolve() == db_path.resolve() or (f.exists() and f.samefile(db_path))):
             return f"{f}: is the database being exported (--db); choose another output file"
+        if db_path is not None and any(f.resolve() == Path(f"{db_path.resolve()}{suffix}")
+                                       for suffix in ("-wal", "-shm", "-journal")):
+            return f"{f}: is a file of the database being exported (--db); choose another output file"
         if f.is_file():
             with open(f, "rb") as fh:
                 if fh.read(16) == b"SQLite format 3\x00":
