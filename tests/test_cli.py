@@ -274,7 +274,8 @@ def test_replay_refuses_outputs_that_would_destroy_an_input_or_each_other(tmp_pa
     cached = tmp_path / "cached.jsonl"
     shutil.copyfile(detections, cached)
     events = tmp_path / "events.jsonl"
-    events.write_text('{"event_id": "kept"}\n')  # an earlier run's events
+    kept = '{"type": "Feature", "id": "kept", "properties": {}}\n'
+    events.write_text(kept)  # an earlier run's events
     before = cached.read_bytes()
     with_model = model_config(tmp_path)  # --save-detections runs the model
     for config, args, why in (
@@ -292,9 +293,20 @@ def test_replay_refuses_outputs_that_would_destroy_an_input_or_each_other(tmp_pa
     other = tmp_path / "other-detections.jsonl"
     shutil.copyfile(detections, other)
     res = patrol("replay", str(drive), "--config", str(cfg), "--detections", str(cached), "--out", str(other))
-    assert_one_error_line(res, 1, "is a detections file; events will not be appended")
+    assert_one_error_line(res, 1, "not an events file (its first line is not an event)")
     assert cached.read_bytes() == before and other.read_bytes() == before
-    assert events.read_text() == '{"event_id": "kept"}\n'
+    assert events.read_text() == kept
+    new_out = tmp_path / "new-events.jsonl"  # a start that fails later leaves no empty events file behind
+    res = patrol("replay", str(drive), "--config", str(with_model), "--out", str(new_out), "--save-detections",
+                 "/proc/patrol-detections.jsonl")
+    assert_one_error_line(res, 1, "/proc/patrol-detections.jsonl")
+    assert not new_out.exists()
+    # Events are appended: anything that is not an events file would be spoilt (the drive's manifest, the config).
+    for target in (drive / "manifest.json", cfg):
+        before_target = target.read_bytes()
+        res = patrol("replay", str(drive), "--config", str(cfg), "--detections", str(cached), "--out", str(target))
+        assert_one_error_line(res, 1, str(target), "not an events file")
+        assert target.read_bytes() == before_target
 
 
 def test_a_gps_log_from_another_day_is_warned_about(tmp_path: Path, filled_state) -> None:

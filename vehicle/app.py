@@ -296,6 +296,16 @@ def replay(opts: ReplayOptions) -> RunCounters:
         raise ConfigError(msg if msg.startswith(where) else f"{where}: {msg}") from None
 
 
+def _is_events_file(path: Path) -> bool:
+    """Whether ``path`` starts with an event line (a JSON GeoJSON Feature), as ``--out`` writes them."""
+    try:
+        with open(path, "rb") as fh:
+            first = json.loads(fh.readline(1 << 20))
+        return isinstance(first, dict) and first.get("type") == "Feature" and isinstance(first.get("properties"), dict)
+    except (OSError, ValueError):
+        return False
+
+
 def _check_replay_files(opts: ReplayOptions, drive: Drive, events_file: Path | None) -> None:
     """Refuse, before anything is written, outputs that would destroy an input or each other: an `OutputError`."""
     inputs = [("--detections", opts.detections), ("the drive's GPS log", drive.gps_file),
@@ -314,8 +324,10 @@ def _check_replay_files(opts: ReplayOptions, drive: Drive, events_file: Path | N
             if other is not None and same(path, other):
                 raise OutputError(f"{path}: {key} is also {other_key}; choose another file")
     out, saved = outputs[0][1] or outputs[2][1], opts.save_detections
-    if out is not None and out.is_file() and is_detection_log(out):  # events are appended: it would be spoilt
-        raise OutputError(f"{out}: is a detections file; events will not be appended to it")
+    if out is not None and out.is_file() and out.stat().st_size and not _is_events_file(out):
+        # events are appended: a manifest, config, zone file or detections file would be spoilt
+        raise OutputError(f"{out}: not an events file (its first line is not an event); events will not be "
+                          "appended to it")
     if saved is not None and saved.is_file() and saved.stat().st_size and not is_detection_log(saved):
         raise OutputError(f"{saved}: --save-detections: not a detections file; it will not be overwritten")
 
@@ -390,6 +402,10 @@ def _replay(opts: ReplayOptions) -> RunCounters:
         if opts.out == "-":
             events_out = sys.stdout
         elif opts.out:
+            out_path = Path(opts.out)
+            if not out_path.exists():  # a failed start leaves no empty events file behind either
+                stack.callback(lambda: started.is_set() or (out_path.is_file() and out_path.stat().st_size) or
+                               out_path.unlink(missing_ok=True))
             try:
                 events_out = stack.enter_context(open(opts.out, "a", encoding="utf-8"))
             except OSError as exc:
