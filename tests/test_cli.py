@@ -133,7 +133,7 @@ def test_a_missing_camera_source_is_a_config_error_for_run_and_record(tmp_path: 
     assert not (tmp_path / "drive").exists() and not (tmp_path / "data").exists()
 
 
-def test_record_without_gpsd_keeps_the_video_but_fails(tmp_path: Path) -> None:
+def test_record_without_gpsd_records_nothing_and_fails(tmp_path: Path) -> None:
     video = shared_path("drives", "udacity-highway", "test_video.mp4")
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -141,9 +141,11 @@ def test_record_without_gpsd_keeps_the_video_but_fails(tmp_path: Path) -> None:
     cfg = tmp_path / "patrol.toml"
     cfg.write_text(f'[camera]\nsource = "{video}"\n[gps]\ngpsd_port = {port}\n')
     res = patrol("record", "--config", str(cfg), "--out", str(tmp_path / "drive"))
-    assert_one_error_line(res, 1, "gps.json: no GPS report was recorded", f"127.0.0.1:{port} never answered")
-    assert "38 frames in 1 segment(s)" in res.stdout
-    assert (tmp_path / "drive" / "video" / "000000.mkv").stat().st_size > 0
+    # Frames before a fix could only carry the system clock's time, and never be placed: nothing is recorded, and
+    # no half-made drive folder blocks a retry.
+    assert_one_error_line(res, 1, "no frame was recorded: no GPS report came", f"127.0.0.1:{port} never answered")
+    assert "0 frames in 0 segment(s)" in res.stdout
+    assert not (tmp_path / "drive").exists()
 
 
 def _record_from_an_absent_camera(tmp_path: Path, *extra: str) -> subprocess.Popen:
@@ -162,6 +164,7 @@ def test_record_ends_on_time_and_says_so_when_the_camera_never_opens(tmp_path: P
     assert_one_error_line(res, 1, "camera.source: /dev/video99: no frame was recorded")
     assert "0 frames in 0 segment(s)" in out
     assert "cannot open" in err  # the retries were logged, as warnings
+    assert not (tmp_path / "drive").exists()  # a retry with the same --out is not blocked
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

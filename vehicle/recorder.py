@@ -4,7 +4,8 @@ Video goes into segments (``video/NNNNNN.mkv``) with a ``frame,utc`` CSV beside 
 every frame, from the GNSS-disciplined clock); fixes go into ``gps.json`` as gpsd JSON (TPV + SKY), which
 `vehicle.gps.read_gpsd_json` reads back. The calibration in use is copied in.
 
-A power cut must not cost the segment being written. Matroska is written as a stream of clusters, so a file
+Frames are recorded from the first GPS fix on, stamped by the GNSS clock. A power cut must not cost the segment
+being written. Matroska is written as a stream of clusters, so a file
 that was never closed reads back up to its last complete cluster (an MP4 is unreadable until its index is
 written at close); ``manifest.json`` lists each segment once it holds two seconds of frames, and the CSV and
 GPS log are flushed as they are written. A cut loses the last few seconds, not the segment.
@@ -121,19 +122,28 @@ def record(config_file: Path, out_dir: Path, duration_s: float = 0.0, segment_s:
     if timer is not None:
         timer.daemon = True
         timer.start()
-    rate = fps or cfg.camera.max_fps or 15.0
+    rate = fps or cfg.camera.max_fps or getattr(source, "fps", 0.0) or 15.0  # a file camera: its own rate
     list_after_frames = max(1, round(2.0 * rate))
     segments: list[dict] = []
     writer = times = None
     seg_started = 0.0
     t_end = time.monotonic() + duration_s if duration_s > 0 else float("inf")
     frames = 0
-    started, gps_warned, held_back = time.monotonic(), False, 0
+    started, gps_warned, held_back, delivered = time.monotonic(), False, 0, 0
     try:
         last_utc = -math.inf
         for frame in frames_in:
             if stop.is_set() or time.monotonic() >= t_end:
                 break
+            delivered += 1
+            if clock.utc_at(frame.mono) is None:
+                # Before the first fix a frame can only be stamped by the system clock, which may be far from GNSS
+                # time (and could then never be placed): recording starts with the GNSS clock.
+                if not gps_warned and time.monotonic() - started > 10.0:
+                    gps_warned = True
+                    log.warning("gps: no fix from gpsd at %s:%d after 10 s; recording starts with the first fix",
+                                cfg.gps.gpsd_host, cfg.gps.gpsd_port)
+                continue
             if frame.time_utc < last_utc:
                 # The GNSS clock stepped back (a confirmed receiver time step): a drive's frame times must not, or
                 # replay refuses it. Held at the last time until the clock catches up.
@@ -143,10 +153,6 @@ def record(config_file: Path, out_dir: Path, duration_s: float = 0.0, segment_s:
                 held_back += 1
                 frame = dataclasses.replace(frame, time_utc=last_utc)
             last_utc = frame.time_utc
-            if not gps_warned and track.latest is None and time.monotonic() - started > 10.0:
-                gps_warned = True  # said now, not only when the drive is over and cannot be replayed
-                log.warning("gps: no report from gpsd at %s:%d after 10 s; the video so far has no positions",
-                            cfg.gps.gpsd_host, cfg.gps.gpsd_port)
             if writer is None or time.monotonic() - seg_started >= segment_s:
                 if writer is not None:
                     writer.release()
@@ -185,13 +191,19 @@ def record(config_file: Path, out_dir: Path, duration_s: float = 0.0, segment_s:
         gps_out.close()
         write_manifest(out_dir, segments, "gps.json", "calibration.toml", cfg.vehicle_id, "patrol record")
     print(f"record: {frames} frames in {len(segments)} segment(s) -> {out_dir}", flush=True)
-    if frames == 0:
-        print(f"patrol: error: {config_file}: camera.source: {cfg.camera.source}: no frame was recorded (the camera "
-              "never delivered one)", file=sys.stderr, flush=True)
-        return 1
-    if (out_dir / "gps.json").stat().st_size == 0:
-        # the video is kept, but without a GPS log the drive cannot be replayed: say so, and not with exit 0
-        print(f"patrol: error: {out_dir / 'gps.json'}: no GPS report was recorded (gpsd at "
-              f"{cfg.gps.gpsd_host}:{cfg.gps.gpsd_port} never answered)", file=sys.stderr, flush=True)
-        return 1
-    return 0
+    if frames:
+        return 0
+    # Nothing recorded: the folder holds no drive (a copied calibration, perhaps a GPS log), and left behind it
+    # would block a retry with the same --out.
+    no_gps = (out_dir / "gps.json").stat().st_size == 0
+    shutil.rmtree(out_dir, ignore_errors=True)
+    if delivered == 0:
+        why = (f"{config_file}: camera.source: {cfg.camera.source}: no frame was recorded (the camera never "
+               "delivered one)")
+    elif no_gps:
+        why = (f"{config_file}: gps: no frame was recorded: no GPS report came (gpsd at {cfg.gps.gpsd_host}:"
+               f"{cfg.gps.gpsd_port} never answered)")
+    else:
+        why = f"{config_file}: gps: no frame was recorded: gpsd at {cfg.gps.gpsd_host}:{cfg.gps.gpsd_port} had no fix"
+    print(f"patrol: error: {why}", file=sys.stderr, flush=True)
+    return 1

@@ -20,6 +20,21 @@ from vehicle.recorder import record
 pytestmark = pytest.mark.integration
 
 
+def _wait_for_fixes(port: int) -> None:
+    """Until gpsd serves fixes: recording starts with the first fix, and a loaded machine could otherwise see the
+    whole file camera go by before gpsfake has fed gpsd anything."""
+    probe = PoseTrack(max_fix_age_s=3.0)
+    reader = GpsdReader(probe, port=port, poll_s=0.05)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 30
+        while probe.latest is None:
+            assert time.monotonic() < deadline, "gpsfake never served a fix"
+            time.sleep(0.05)
+    finally:
+        reader.stop()
+
+
 def test_record_writes_a_replayable_drive(tmp_path):
     video = shared_path("drives", "gopro-max-walk", "video.mp4")
     log = shared_path("drives", "gopro-max-walk", "gps.nmea")
@@ -28,28 +43,18 @@ def test_record_writes_a_replayable_drive(tmp_path):
         cfg.write_text(f'vehicle_id = "rec-1"\n[camera]\nsource = "{video}"\n'
                        f'calibration_file = "{REPO_ROOT / "calibration" / "gopro-max-walk.toml"}"\n'
                        f"[gps]\ngpsd_port = {gpsd.port}\n")
-        # The file source is read as fast as it decodes (a second or two): wait until gpsd serves fixes, or a
-        # loaded machine ends the recording before gpsfake has fed gpsd anything.
-        probe = PoseTrack(max_fix_age_s=3.0)
-        reader = GpsdReader(probe, port=gpsd.port, poll_s=0.05)
-        reader.start()
-        try:
-            deadline = time.monotonic() + 30
-            while probe.latest is None:
-                assert time.monotonic() < deadline, "gpsfake never served a fix"
-                time.sleep(0.05)
-        finally:
-            reader.stop()
+        _wait_for_fixes(gpsd.port)
         out = tmp_path / "drive"
         assert record(cfg, out, duration_s=0.0, segment_s=1.0, fps=30.0) == 0
     drive = open_drive(out)
     m = json.loads((out / "manifest.json").read_text())
     assert m["vehicle_id"] == "rec-1" and len(drive.segments) == len(m["video"]) >= 1
     frames = list(drive.frames())
-    assert len(frames) == 315  # every frame of the source, across segments
+    # Every frame of the source from the recorder's first fix on (its own gpsd client needs a moment), across segments.
+    assert 250 <= len(frames) <= 315, len(frames)
     # Each frame keeps its own capture time from the segment's CSV.
     assert all(s.frame_times_utc is not None for s in drive.segments)
-    assert [f.index for f in frames] == list(range(315))
+    assert [f.index for f in frames] == list(range(len(frames)))
     assert all(b.time_utc >= a.time_utc for a, b in itertools.pairwise(frames))
     # The GPS log was written as gpsd JSON and reads back as the walk's real fixes.
     track = load_track(out / "gps.json")
@@ -89,6 +94,7 @@ def test_a_power_cut_keeps_the_segment_being_written(tmp_path):
         cfg.write_text(f'vehicle_id = "rec-2"\n[camera]\nsource = "{video}"\n'
                        f'calibration_file = "{REPO_ROOT / "calibration" / "gopro-max-walk.toml"}"\n'
                        f"[gps]\ngpsd_port = {gpsd.port}\n")
+        _wait_for_fixes(gpsd.port)
         out = tmp_path / "drive"
         done = subprocess.run([sys.executable, "-c", _POWER_CUT, str(cfg), str(out)], cwd=REPO_ROOT,
                               capture_output=True, text=True, timeout=120)
@@ -96,10 +102,11 @@ def test_a_power_cut_keeps_the_segment_being_written(tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert [s["file"] for s in m["video"]] == ["video/000000.mkv"]  # listed before it was finished
     rows = (out / "video" / "000000.csv").read_text().splitlines()
-    assert rows[0] == "frame,utc" and len(rows) - 1 == 200  # every frame's time, flushed as written
+    written = len(rows) - 1  # every frame's time, flushed as written (from the recorder's first fix on)
+    assert rows[0] == "frame,utc" and 140 <= written <= 200, written
     frames = list(open_drive(out).frames())
     # The file was never closed: what reads back is all but the muxer's last unwritten cluster (an MP4 here
     # reads back nothing at all).
-    assert 100 <= len(frames) <= 200, len(frames)
+    assert written - 60 <= len(frames) <= written, (len(frames), written)
     assert [f.index for f in frames] == list(range(len(frames)))
     assert all(b.time_utc >= a.time_utc for a, b in itertools.pairwise(frames))  # never back (held if the clock steps)
