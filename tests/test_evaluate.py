@@ -142,6 +142,8 @@ def test_eval_detections_from_saved_predictions(tmp_path: Path):
     ("1.5 0.5 0.5 0.1 0.1", "class id 1.5 is not a non-negative integer"),
     ("-1 0.5 0.5 0.1 0.1", "class id -1 is not a non-negative integer"),
     ("0 nan 0.5 0.1 0.1", "not finite numbers"),
+    ("0 0.5 0.5 0.1 0.1 0.2 0.3", "expected 5 numbers (cls cx cy w h), got 7"),  # a segmentation polygon
+    ("100000 0.5 0.5 0.1 0.1", "class id 100000 is not below 1000"),
 ])
 def test_eval_detections_refuses_labels_ultralytics_would_call_corrupt(tmp_path: Path, capsys, line: str, why: str):
     images, labels, preds = tmp_path / "images", tmp_path / "labels", tmp_path / "preds"
@@ -154,6 +156,21 @@ def test_eval_detections_refuses_labels_ultralytics_would_call_corrupt(tmp_path:
                str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and f"a.txt:2: {why}" in err[0], err
+
+
+def test_eval_detections_refuses_class_ids_past_the_names_and_bytes_that_are_not_text(tmp_path: Path, capsys):
+    images, labels, preds = tmp_path / "images", tmp_path / "labels", tmp_path / "preds"
+    for d in (images, labels, preds):
+        d.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.zeros((64, 64, 3), np.uint8))
+    (preds / "a.txt").write_text("")
+    for content, why in ((b"5 0.5 0.5 0.2 0.2\n", "a.txt: class id 5 but only 3 class names"),
+                         (b"\xff\xfe\x00bad\n", "a.txt: not UTF-8 text")):
+        (labels / "a.txt").write_bytes(content)
+        rc = main(["eval", "detections", "--images", str(images), "--predictions", str(preds), "--names", "a,b,c",
+                   "--out", str(tmp_path / "o"), "--no-progress"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 1 and len(err) == 1 and why in err[0], err
 
 
 def test_eval_detections_refuses_names_that_do_not_fit_the_model(tmp_path: Path, capsys):
@@ -217,7 +234,9 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path, sim_drive: Path, capsys)
     for geometry, category, why in (({"type": "Point", "coordinates": [11.5, 48.1]}, "unicorn",
                                      "properties.category 'unicorn' is not a category of the taxonomy"),
                                     ({"type": "Point", "coordinates": [11.5]}, "overflowing_bin",
-                                     "coordinates must be [lon, lat]")):
+                                     "coordinates must be [lon, lat]"),
+                                    ({"type": "Point", "coordinates": [True, False]}, "overflowing_bin",
+                                     "coordinates must be [lon, lat] numbers")):
         bad.write_text(json.dumps({"type": "FeatureCollection", "features": [
             {"type": "Feature", "geometry": geometry, "properties": {"category": category}}]}))
         rc = main(["eval", "events", str(sim_drive), "--truth", str(bad), "--out", str(tmp_path / "o"),

@@ -19,6 +19,9 @@ from vehicle.report import Progress
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
+MAX_CLASSES = 1000  # without names, ids above this are a broken file, not classes (the matrix is n x n)
+
+
 def _check_yolo_row(row: list[float], where: str) -> list[float]:
     """A label row as ultralytics accepts it: an integer class id, a box inside the image in normalised
     coordinates (a little slack for rounding), and a score in [0, 1]."""
@@ -27,6 +30,8 @@ def _check_yolo_row(row: list[float], where: str) -> list[float]:
         raise EvalError(f"{where}: not finite numbers")
     if not (cls >= 0 and cls == int(cls)):
         raise EvalError(f"{where}: class id {row[0]:g} is not a non-negative integer")
+    if cls >= MAX_CLASSES:
+        raise EvalError(f"{where}: class id {row[0]:g} is not below {MAX_CLASSES}")
     if not (0 < w <= 1.001 and 0 < h <= 1.001):
         raise EvalError(f"{where}: box width/height {w:g} {h:g} not in (0, 1] (normalised to the image)")
     if not (-0.001 <= cx - w / 2 and cx + w / 2 <= 1.001 and -0.001 <= cy - h / 2 and cy + h / 2 <= 1.001):
@@ -40,14 +45,18 @@ def _read_yolo_txt(path: Path, size_wh: tuple[int, int], with_score: bool) -> tu
     """A YOLO txt file (``cls cx cy w h [score]``, normalised) as pixel xyxy, class ids and scores."""
     rows = []
     if path.is_file():
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise EvalError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        for lineno, line in enumerate(text.splitlines(), start=1):
             parts = line.split()
             if not parts:
                 continue
             want = 6 if with_score else 5
-            if len(parts) < want:
+            if len(parts) != want:  # more is a segmentation polygon, not a box
                 fields = "cls cx cy w h" + (" score" if with_score else "")
-                raise EvalError(f"{path}:{lineno}: expected {want} numbers ({fields})")
+                raise EvalError(f"{path}:{lineno}: expected {want} numbers ({fields}), got {len(parts)}")
             try:
                 row = [float(v) for v in parts[:want]]
             except ValueError:
@@ -58,6 +67,13 @@ def _read_yolo_txt(path: Path, size_wh: tuple[int, int], with_score: bool) -> tu
     xyxy = np.column_stack([(a[:, 1] - a[:, 3] / 2) * w, (a[:, 2] - a[:, 4] / 2) * h,
                             (a[:, 1] + a[:, 3] / 2) * w, (a[:, 2] + a[:, 4] / 2) * h])
     return xyxy, a[:, 0].astype(np.int64), (a[:, 5] if with_score else np.ones(a.shape[0]))
+
+
+def _check_named(path: Path, class_ids: np.ndarray, names: list[str] | None) -> None:
+    """With names given (--names, --data or the model's), a class id past them is a wrong file or wrong names."""
+    if names and class_ids.size and int(class_ids.max()) >= len(names):
+        raise EvalError(f"{path}: class id {int(class_ids.max())} but only {len(names)} class names "
+                        "(--names / --data / the model's)")
 
 
 def _labels_dir_for(images: Path) -> Path:
@@ -116,6 +132,7 @@ def eval_detections(images_dir: Path, out_dir: Path, names: list[str] | None = N
             raise EvalError(f"{f}: not a readable image")
         size = (image.shape[1], image.shape[0])
         xyxy, cls, _ = _read_yolo_txt(labels_dir / f"{f.stem}.txt", size, False)
+        _check_named(labels_dir / f"{f.stem}.txt", cls, names)
         truth.append(ImageBoxes(f.stem, xyxy, cls))
         if detector is not None:
             d = detector.detect(image)
@@ -123,6 +140,7 @@ def eval_detections(images_dir: Path, out_dir: Path, names: list[str] | None = N
                                     d.score.astype(float)))
         else:
             pxy, pcls, psc = _read_yolo_txt(predictions_dir / f"{f.stem}.txt", size, True)
+            _check_named(predictions_dir / f"{f.stem}.txt", pcls, names)
             preds.append(ImageBoxes(f.stem, pxy, pcls, psc))
         bar.update(k + 1)
     bar.close()

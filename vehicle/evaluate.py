@@ -79,8 +79,9 @@ def load_truth(path: str | Path, categories: Collection[str] | None = None) -> t
             if geom.get("type") != "Point":
                 raise ValueError(f"geometry type {geom.get('type')!r}, expected Point")
             coords = geom.get("coordinates")
-            if not isinstance(coords, list) or len(coords) < 2:
-                raise ValueError("coordinates must be [lon, lat]")
+            if not isinstance(coords, list) or len(coords) < 2 or \
+                    not all(isinstance(v, int | float) and not isinstance(v, bool) for v in coords[:2]):
+                raise ValueError("coordinates must be [lon, lat] numbers")
             x, y = float(coords[0]), float(coords[1])
             if not (-180 <= x <= 180 and -90 <= y <= 90):
                 raise ValueError(f"coordinates {x}, {y} are not [lon, lat] degrees")
