@@ -299,6 +299,9 @@ def test_replay_refuses_outputs_that_would_destroy_an_input_or_each_other(tmp_pa
     assert_one_error_line(res, 1, "not an events file (its first line is not an event)")
     assert cached.read_bytes() == before and other.read_bytes() == before
     assert events.read_text() == kept
+    res = patrol("replay", str(drive), "--config", str(cfg), "--detections", str(cached), "--state", str(drive))
+    assert_one_error_line(res, 1, "--state is inside the drive")
+    assert not (drive / "state.sqlite").exists()
     new_out = tmp_path / "new-events.jsonl"  # a start that fails later leaves no empty events file behind
     res = patrol("replay", str(drive), "--config", str(with_model), "--out", str(new_out), "--save-detections",
                  "/proc/patrol-detections.jsonl")

@@ -323,6 +323,9 @@ def _check_replay_files(opts: ReplayOptions, drive: Drive, events_file: Path | N
         for other_key, other in inputs + outputs[:i]:
             if other is not None and same(path, other):
                 raise OutputError(f"{path}: {key} is also {other_key}; choose another file")
+    state = opts.state_dir.resolve() if opts.state_dir is not None else None
+    if state is not None and drive.root.resolve() in (state, *state.parents):
+        raise OutputError(f"{opts.state_dir}: --state is inside the drive {drive.root}; keep the state elsewhere")
     out, saved = outputs[0][1] or outputs[2][1], opts.save_detections
     if out is not None and out.is_file() and out.stat().st_size and not _is_events_file(out):
         # events are appended: a manifest, config, zone file or detections file would be spoilt
