@@ -133,7 +133,11 @@ class StallingCapture:
             time.sleep(0.01)  # a stalled device blocks a little, then reports nothing
             return False, None
         self.left -= 1
-        return self.cap.read()
+        ok, image = self.cap.read()
+        if not ok:  # a camera has no end of file: the file starts again (an idle machine decodes it in a second)
+            self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, image = self.cap.read()
+        return ok, image
 
     def release(self) -> None:
         self.cap.release()
@@ -187,7 +191,7 @@ def test_vanished_camera_is_retried_with_growing_back_off_until_it_returns() -> 
             return StallingCapture(video, frames=3)  # works, then the cable is pulled
         if len(attempts) < 4:
             return cv2.VideoCapture(str(Path(video).with_name("unplugged.mp4")))  # device gone: not opened
-        return StallingCapture(video, frames=1000)  # plugged back in
+        return StallingCapture(video, frames=10**9)  # plugged back in, for good
 
     src = LiveSource("/dev/video0", watchdog_timeout_s=0.2, reopen_backoff_max_s=1.5, opener=opener)
     frames = collect(src, 4.5)
