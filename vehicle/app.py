@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from vehicle.arguments import same_file
 from vehicle.categories import Taxonomy, TaxonomyError
 from vehicle.config import Config, ConfigError, DetectorConfig, ObjectDetectorConfig, load_config, resolve_path
 from vehicle.dedup import DedupConfigError, DedupIndex, policy_from_taxonomy
@@ -314,14 +315,11 @@ def _check_replay_files(opts: ReplayOptions, drive: Drive, events_file: Path | N
     outputs = [("--out", Path(opts.out) if opts.out and opts.out != "-" else None),
                ("--save-detections", opts.save_detections), ("output.jsonl_file", events_file)]
 
-    def same(a: Path, b: Path) -> bool:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
-
     for i, (key, path) in enumerate(outputs):
         if path is None:
             continue
         for other_key, other in inputs + outputs[:i]:
-            if other is not None and same(path, other):
+            if other is not None and same_file(path, other):
                 raise OutputError(f"{path}: {key} is also {other_key}; choose another file")
     state = opts.state_dir.resolve() if opts.state_dir is not None else None
     if state is not None and drive.root.resolve() in (state, *state.parents):

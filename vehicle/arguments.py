@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 
 def number(low: float, high: float, *, low_open: bool = False, unit: str = "") -> Callable[[str], float]:
@@ -32,3 +33,8 @@ def one_line(error: object) -> str:
     never as a line break that would split the message or forge a line in the journal."""
     text = str(error)
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same path once resolved, or another name (a link) for it."""
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))

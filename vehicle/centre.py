@@ -31,6 +31,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import ValidationError
 
+from vehicle.arguments import same_file
 from vehicle.categories import DEFAULT_CATEGORIES_FILE, Taxonomy, TaxonomyError
 from vehicle.centre_store import Case, CentreStore, CentreStoreError, centre_columns, is_postgres_dsn
 from vehicle.events import TOPIC_ROOT, Event, Status
@@ -408,9 +409,9 @@ def _refused_outputs(db: str, *outputs: str | None) -> str | None:
     db_path = Path(db) if db and not is_postgres_dsn(db) else None
     for i, f in enumerate(files):
         for other in files[:i]:
-            if f.resolve() == other.resolve() or (f.exists() and other.exists() and f.samefile(other)):
+            if same_file(f, other):
                 return f"{f}: --geojson and --csv name the same file"
-        if db_path is not None and (f.resolve() == db_path.resolve() or (f.exists() and f.samefile(db_path))):
+        if db_path is not None and same_file(f, db_path):
             return f"{f}: is the database being exported (--db); choose another output file"
         if db_path is not None and any(f.resolve() == Path(f"{db_path.resolve()}{suffix}")
                                        for suffix in ("-wal", "-shm", "-journal")):

@@ -386,9 +386,8 @@ class CentreStore:
 
     def owner_of(self, event_id: str) -> str | None:
         """The car whose event, or else whose photo, holds ``event_id`` (None: neither is stored)."""
-        row = self._exec("SELECT vehicle_id FROM events WHERE event_id = ?", (event_id,)).fetchone() or \
-            self._exec("SELECT vehicle_id FROM snapshots WHERE event_id = ?", (event_id,)).fetchone()
-        return row[0] if row else None
+        row = self._exec("SELECT vehicle_id FROM events WHERE event_id = ?", (event_id,)).fetchone()
+        return row[0] if row else self.snapshot_owner(event_id)
 
     def snapshot_owner(self, event_id: str) -> str | None:
         """The car whose photo is stored for ``event_id`` (None: none is)."""

@@ -20,6 +20,16 @@ from vehicle.recorder import record
 pytestmark = pytest.mark.integration
 
 
+def _walk_config(tmp_path, vehicle_id: str, gpsd_port: int):
+    """A car config recording the GoPro walk's video, as its camera, with fixes from gpsd on ``gpsd_port``."""
+    video = shared_path("drives", "gopro-max-walk", "video.mp4")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'vehicle_id = "{vehicle_id}"\n[camera]\nsource = "{video}"\n'
+                   f'calibration_file = "{REPO_ROOT / "calibration" / "gopro-max-walk.toml"}"\n'
+                   f"[gps]\ngpsd_port = {gpsd_port}\n")
+    return cfg
+
+
 def _wait_for_fixes(port: int) -> None:
     """Until gpsd serves fixes: recording starts with the first fix, and a loaded machine could otherwise see the
     whole file camera go by before gpsfake has fed gpsd anything."""
@@ -36,13 +46,9 @@ def _wait_for_fixes(port: int) -> None:
 
 
 def test_record_writes_a_replayable_drive(tmp_path):
-    video = shared_path("drives", "gopro-max-walk", "video.mp4")
     log = shared_path("drives", "gopro-max-walk", "gps.nmea")
     with running_gpsd(log, tmp_path / "gpsd", cycle_s=0.01) as gpsd:
-        cfg = tmp_path / "c.toml"
-        cfg.write_text(f'vehicle_id = "rec-1"\n[camera]\nsource = "{video}"\n'
-                       f'calibration_file = "{REPO_ROOT / "calibration" / "gopro-max-walk.toml"}"\n'
-                       f"[gps]\ngpsd_port = {gpsd.port}\n")
+        cfg = _walk_config(tmp_path, "rec-1", gpsd.port)
         _wait_for_fixes(gpsd.port)
         out = tmp_path / "drive"
         assert record(cfg, out, duration_s=0.0, segment_s=1.0, fps=30.0) == 0
@@ -87,13 +93,9 @@ recorder.record(Path(sys.argv[1]), Path(sys.argv[2]), segment_s=3600.0, fps=30.0
 
 
 def test_a_power_cut_keeps_the_segment_being_written(tmp_path):
-    video = shared_path("drives", "gopro-max-walk", "video.mp4")
     log = shared_path("drives", "gopro-max-walk", "gps.nmea")
     with running_gpsd(log, tmp_path / "gpsd", cycle_s=0.01) as gpsd:
-        cfg = tmp_path / "c.toml"
-        cfg.write_text(f'vehicle_id = "rec-2"\n[camera]\nsource = "{video}"\n'
-                       f'calibration_file = "{REPO_ROOT / "calibration" / "gopro-max-walk.toml"}"\n'
-                       f"[gps]\ngpsd_port = {gpsd.port}\n")
+        cfg = _walk_config(tmp_path, "rec-2", gpsd.port)
         _wait_for_fixes(gpsd.port)
         out = tmp_path / "drive"
         done = subprocess.run([sys.executable, "-c", _POWER_CUT, str(cfg), str(out)], cwd=REPO_ROOT,
